@@ -1,0 +1,37 @@
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv deps test lint run bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+deps:
+	@missing=""; command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing$$missing: run  sudo apt-get install -y$$missing"; \
+	  fi; \
+	fi
+
+test: venv deps
+	PATH="$$PATH:/usr/sbin" $(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+
+run: venv
+	$(PY) -m dynamo.run.local
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
