@@ -7,9 +7,9 @@ XXH3-64 and seed 1337; sequence hashes chain the previous sequence hash with the
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from collections.abc import Iterable, Sequence
-import sys
 
 import xxhash
 

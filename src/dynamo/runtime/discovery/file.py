@@ -1,0 +1,180 @@
+"""File-backed store for one host with no server (DESIGN §4).
+
+One file per key under ``DYN_FILE_KV`` (default ``$TMPDIR/dynamo_store_kv``), named by the
+percent-encoded key and written atomically (temp file + rename). Liveness is the file's mtime: a
+daemon thread re-touches this process's files every ``max(ttl/3, 1s)``, and readers treat files older
+than ``ttl`` as gone and delete them. A thread rather than a task, so that a busy event loop cannot
+make a live process look dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from dynamo.runtime.discovery.store import DEFAULT_TTL_SECS, KeyValueStore, Watch, WatchEvent
+
+logger = logging.getLogger(__name__)
+
+_TMP_PREFIX = ".tmp_"
+_PERSIST_DIR = "_persist"
+POLL_INTERVAL_SECS = 0.2
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("DYN_FILE_KV") or Path(tempfile.gettempdir()) / "dynamo_store_kv")
+
+
+class FileStore(KeyValueStore):
+    def __init__(self, ttl: float = DEFAULT_TTL_SECS, root: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(ttl)
+        self.root = Path(root) if root is not None else default_root()
+        self._persist = self.root / _PERSIST_DIR
+        self._lease = random.getrandbits(63) or 1
+        self._owned: dict[Path, bytes] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._toucher: threading.Thread | None = None
+        self._watches: list[tuple[str, Watch]] = []
+        self._poller: asyncio.Task[None] | None = None
+        self._seen: dict[str, bytes] = {}
+
+    @property
+    def lease_id(self) -> int:
+        return self._lease
+
+    async def start(self) -> None:
+        self._persist.mkdir(parents=True, exist_ok=True)
+        self._toucher = threading.Thread(target=self._touch_loop, name="dynamo-file-kv-lease", daemon=True)
+        self._toucher.start()
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        with self._lock:
+            owned, self._owned = list(self._owned), {}
+        for path in owned:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for _, watch in list(self._watches):
+            watch.close()
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def _path(self, key: str, leased: bool) -> Path:
+        return (self.root if leased else self._persist) / quote(key, safe="")
+
+    def _write(self, path: Path, value: bytes) -> None:
+        tmp = path.parent / f"{_TMP_PREFIX}{random.getrandbits(64):016x}"
+        tmp.write_bytes(value)
+        os.replace(tmp, path)
+
+    def _touch_loop(self) -> None:
+        interval = max(self.ttl / 3.0, 1.0)
+        while not self._stop.wait(interval):
+            with self._lock:
+                owned = list(self._owned.items())
+            for path, value in owned:
+                try:
+                    os.utime(path)
+                except FileNotFoundError:
+                    # Another reader reaped us while we were stalled: re-register rather than vanish.
+                    try:
+                        self._write(path, value)
+                        logger.warning("file store: re-created reaped key %s", unquote(path.name))
+                    except OSError:
+                        logger.exception("file store: cannot refresh %s", path)
+                except OSError:
+                    logger.exception("file store: cannot refresh %s", path)
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def put(self, key: str, value: bytes, *, leased: bool = True) -> None:
+        path = self._path(key, leased)
+        self._write(path, value)
+        if leased:
+            with self._lock:
+                self._owned[path] = value
+
+    async def get(self, key: str) -> bytes | None:
+        return (await self.get_prefix(key)).get(key)
+
+    async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        return {k: v for k, v in self._scan().items() if k.startswith(prefix)}
+
+    async def delete(self, key: str) -> None:
+        for leased in (True, False):
+            path = self._path(key, leased)
+            with self._lock:
+                self._owned.pop(path, None)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _scan(self) -> dict[str, bytes]:
+        now = time.time()
+        out: dict[str, bytes] = {}
+        for directory, leased in ((self.root, True), (self._persist, False)):
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                name = entry.name
+                if name.startswith(_TMP_PREFIX) or name == _PERSIST_DIR:
+                    continue
+                try:
+                    if leased and now - entry.stat().st_mtime > self.ttl:
+                        # Stale: its owner stopped refreshing it. Reap it for everyone.
+                        os.unlink(entry.path)
+                        logger.info("file store: reaped stale key %s", unquote(name))
+                        continue
+                    with open(entry.path, "rb") as f:
+                        out[unquote(name)] = f.read()
+                except FileNotFoundError:
+                    continue
+        return out
+
+    async def watch(self, prefix: str) -> Watch:
+        def unregister(w: Watch) -> None:
+            self._watches[:] = [(p, x) for p, x in self._watches if x is not w]
+
+        watch = Watch(on_close=unregister)
+        if self._poller is None:
+            self._seen = self._scan()
+            self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
+        for key, value in self._seen.items():
+            if key.startswith(prefix):
+                watch.push(WatchEvent("put", key, value))
+        self._watches.append((prefix, watch))
+        return watch
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_SECS)
+            try:
+                current = await asyncio.to_thread(self._scan)
+            except Exception:
+                logger.exception("file store: scan failed")
+                continue
+            events: list[WatchEvent] = []
+            for key, value in current.items():
+                if self._seen.get(key) != value:
+                    events.append(WatchEvent("put", key, value))
+            for key in self._seen.keys() - current.keys():
+                events.append(WatchEvent("delete", key))
+            self._seen = current
+            for event in events:
+                for prefix, watch in list(self._watches):
+                    if event.key.startswith(prefix):
+                        watch.push(event)
