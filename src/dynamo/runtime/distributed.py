@@ -52,6 +52,7 @@ class DistributedRuntime:
         self.served: list[ServedEndpoint] = []
         self._shutdown = asyncio.Event()
         self._closing = False
+        self._lease_task: asyncio.Task[None] | None = None
         store.on_lease_lost(self._on_lease_lost)
 
     @classmethod
@@ -113,7 +114,7 @@ class DistributedRuntime:
 
     def _on_lease_lost(self) -> None:
         logger.error("discovery lease lost: this process is no longer discoverable; shutting down")
-        asyncio.get_running_loop().create_task(self.shutdown(grace_period=0))
+        self._lease_task = asyncio.get_running_loop().create_task(self.shutdown(grace_period=0))
 
     async def unregister_all(self) -> None:
         for served in self.served:

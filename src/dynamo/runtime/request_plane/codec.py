@@ -64,6 +64,9 @@ class FrameReader:
     def __init__(self) -> None:
         self._buf = bytearray()
 
+    def pending(self) -> int:
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[bytes]:
         """Append bytes; return complete frame payloads. Raises FrameTooLarge for a hostile prefix."""
         buf = self._buf

@@ -137,6 +137,11 @@ class _ServerConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def eof_received(self) -> bool | None:
+        if self.reader.pending():
+            logger.warning("request plane: %s closed mid-frame (%d bytes pending)", self.peer, self.reader.pending())
+        return None
+
     def data_received(self, data: bytes) -> None:
         try:
             payloads = self.reader.feed(data)

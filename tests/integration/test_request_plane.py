@@ -1,0 +1,256 @@
+"""The TCP request plane against real sockets: long streams, stop/kill, lost servers, hostile bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+
+import msgspec
+import pytest
+
+from dynamo.runtime import DistributedRuntime, RequestContext, errors
+from dynamo.runtime.request_plane.codec import MAX_FRAME_BYTES
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pair():
+    server = await DistributedRuntime.create("mem")
+    client_rt = await DistributedRuntime.create("mem")
+    yield server, client_rt
+    await client_rt.shutdown(grace_period=0)
+    await server.shutdown(grace_period=0)
+
+
+async def _serve(rt, handler, name="generate"):
+    ep = rt.namespace("rp").component("svc").endpoint(name)
+    served = await ep.start_serving(handler)
+    return ep, served
+
+
+async def count_handler(request, ctx: RequestContext):
+    for i in range(request["n"]):
+        yield i
+
+
+async def test_ten_thousand_items_in_order(pair):
+    server, client_rt = pair
+    await _serve(server, count_handler)
+    client = await client_rt.endpoint("rp.svc.generate").client()
+    await client.wait_for_instances(5)
+    stream = await client.round_robin({"n": 10_000})
+    assert [x async for x in stream] == list(range(10_000))
+
+
+async def test_stop_from_client_ends_handler(pair):
+    server, client_rt = pair
+    ended = asyncio.Event()
+    produced = []
+
+    async def endless(request, ctx):
+        try:
+            i = 0
+            while not ctx.is_stopped():
+                produced.append(i)
+                yield i
+                i += 1
+                await asyncio.sleep(0.001)
+        finally:
+            ended.set()
+
+    _, served = await _serve(server, endless)
+    client = await client_rt.endpoint("rp.svc.generate").client()
+    await client.wait_for_instances(5)
+    stream = await client.round_robin({})
+    got = [await stream.__anext__() for _ in range(5)]
+    assert got == [0, 1, 2, 3, 4]
+    stream.cancel()
+    await asyncio.wait_for(ended.wait(), 5)
+    await asyncio.wait_for(served.wait_idle(), 5)
+    assert served.inflight() == 0
+
+
+async def test_kill_from_client_aborts_blocked_handler(pair):
+    server, client_rt = pair
+    cancelled = asyncio.Event()
+
+    async def blocked(request, ctx):
+        yield "first"
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    _, served = await _serve(server, blocked)
+    client = await client_rt.endpoint("rp.svc.generate").client()
+    await client.wait_for_instances(5)
+    stream = await client.round_robin({})
+    assert await stream.__anext__() == "first"
+    stream.cancel(kill=True)
+    await asyncio.wait_for(cancelled.wait(), 5)
+    await asyncio.wait_for(served.wait_idle(), 5)
+
+
+async def test_handler_errors_reach_client_typed(pair):
+    server, client_rt = pair
+
+    async def bad(request, ctx):
+        yield 1
+        raise errors.InvalidArgument("max_tokens is required")
+
+    async def crash(request, ctx):
+        raise RuntimeError("boom")
+        yield  # pragma: no cover
+
+    await _serve(server, bad, "bad")
+    await _serve(server, crash, "crash")
+    c1 = await client_rt.endpoint("rp.svc.bad").client()
+    c2 = await client_rt.endpoint("rp.svc.crash").client()
+    await c1.wait_for_instances(5)
+    await c2.wait_for_instances(5)
+    stream = await c1.round_robin({})
+    assert await stream.__anext__() == 1
+    with pytest.raises(errors.InvalidArgument, match="max_tokens"):
+        await stream.__anext__()
+    stream = await c2.round_robin({})
+    with pytest.raises(errors.Internal, match="boom"):
+        await stream.__anext__()
+
+
+async def test_overload_rejected_before_data(pair, monkeypatch):
+    server, client_rt = pair
+    release = asyncio.Event()
+
+    async def slow(request, ctx):
+        await release.wait()
+        yield "done"
+
+    ep, served = await _serve(server, slow)
+    srv = server.tcp_server
+    srv.max_workers, srv.max_queued = 1, 1
+    client = await client_rt.endpoint("rp.svc.generate").client()
+    await client.wait_for_instances(5)
+    s1 = await client.round_robin({})
+    s2 = await client.round_robin({})
+    with pytest.raises(errors.ResourceExhausted):
+        await client.round_robin({})
+    release.set()
+    assert [x async for x in s1] == ["done"]
+    assert [x async for x in s2] == ["done"]
+
+
+async def test_server_killed_fails_open_streams_with_disconnected(tmp_path):
+    # Server in a subprocess so it can be SIGKILLed for real.
+    from pathlib import Path
+
+    from tests.support.procs import processes
+
+    worker = str(Path(__file__).with_name("runtime_worker.py"))
+    env = {"DYN_FILE_KV": str(tmp_path / "kv")}
+    os.environ["DYN_FILE_KV"] = env["DYN_FILE_KV"]
+    try:
+        with processes(env) as procs:
+            proc = procs.spawn(worker, "--store", "file")
+            rt = await DistributedRuntime.create("file")
+            try:
+                client = await rt.endpoint("dyn://test.worker.generate").client()
+                await client.wait_for_instances(20)
+                streams = [await client.round_robin({"n": 1000, "delay": 0.01}) for _ in range(3)]
+                for s in streams:
+                    await s.__anext__()
+                procs.stop(proc, 9)
+                for s in streams:
+                    with pytest.raises(errors.Disconnected):
+                        async for _ in s:
+                            pass
+                assert client.instance_ids() == []
+            finally:
+                await rt.shutdown(grace_period=0)
+    finally:
+        del os.environ["DYN_FILE_KV"]
+
+
+async def _raw(addr: str, payload: bytes) -> bytes:
+    host, port = addr.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(payload)
+    await writer.drain()
+    writer.write_eof()
+    try:
+        data = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    return data
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        os.urandom(4096),
+        struct.pack(">I", 100) + b"\x81\xa1t",  # truncated frame, then EOF
+        struct.pack(">I", 1 << 30) + b"x" * 16,  # 1 GiB length prefix
+        struct.pack(">I", MAX_FRAME_BYTES + 1),
+        struct.pack(">I", 3) + b"\xc1\xc1\xc1",  # invalid msgpack
+        struct.pack(">I", 1) + b"\x05",  # valid msgpack, not a frame
+    ],
+    ids=["random", "truncated", "1GiB", "over-limit", "bad-msgpack", "not-a-frame"],
+)
+async def test_hostile_bytes_close_only_that_connection(pair, payload):
+    server, client_rt = pair
+    await _serve(server, count_handler)
+    await _raw(server.tcp_server.address, payload)
+    client = await client_rt.endpoint("rp.svc.generate").client()
+    await client.wait_for_instances(5)
+    stream = await client.round_robin({"n": 3})
+    assert [x async for x in stream] == [0, 1, 2]
+
+
+async def test_unknown_endpoint_and_bad_body(pair):
+    server, client_rt = pair
+    await _serve(server, count_handler)
+    from dynamo.runtime.request_plane.codec import Frame, encode_frame
+
+    frame = encode_frame(Frame("req", 1, ep="ffff/nope.nope.nope", body=msgspec.Raw(msgspec.msgpack.encode({}))))
+    reply = await _raw_first(server.tcp_server.address, frame)
+    assert b"NotFound" in reply
+    # A request whose body the handler cannot use fails that stream only.
+    stream = await (await _client(client_rt)).round_robin({"wrong": "shape"})
+    with pytest.raises(errors.DynamoError):
+        async for _ in stream:
+            pass
+    stream = await (await _client(client_rt)).round_robin({"n": 2})
+    assert [x async for x in stream] == [0, 1]
+
+
+async def _client(rt):
+    client = await rt.endpoint("rp.svc.generate").client()
+    await client.wait_for_instances(5)
+    return client
+
+
+async def _raw_first(addr: str, payload: bytes) -> bytes:
+    host, port = addr.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        sock.sendall(payload)
+        return await asyncio.to_thread(sock.recv, 65536)
+    finally:
+        sock.close()
+
+
+async def test_cannot_connect_marks_instance_down(pair):
+    server, client_rt = pair
+    _, served = await _serve(server, count_handler)
+    client = await client_rt.endpoint("rp.svc.generate").client()
+    await client.wait_for_instances(5)
+    await server.tcp_server.close()
+    await asyncio.sleep(0)
+    with pytest.raises((errors.CannotConnect, errors.Disconnected)):
+        stream = await client.round_robin({"n": 1})
+        async for _ in stream:
+            pass
+    assert client.instance_ids() == []
