@@ -36,7 +36,7 @@ async def main(store: str, ready_file: Path | None) -> None:
     ep = runtime.namespace("test").component("worker").endpoint("generate")
     await ep.start_serving(generate)
     if ready_file is not None:
-        ready_file.write_text(f"{iid}\n")
+        ready_file.write_text(f"{iid}\n")  # noqa: ASYNC240  (once, at start-up)
     await runtime.wait_for_shutdown()
 
 

@@ -129,7 +129,7 @@ async def test_overload_rejected_before_data(pair, monkeypatch):
         await release.wait()
         yield "done"
 
-    ep, served = await _serve(server, slow)
+    await _serve(server, slow)
     srv = server.tcp_server
     srv.max_workers, srv.max_queued = 1, 1
     client = await client_rt.endpoint("rp.svc.generate").client()
@@ -244,7 +244,7 @@ async def _raw_first(addr: str, payload: bytes) -> bytes:
 
 async def test_cannot_connect_marks_instance_down(pair):
     server, client_rt = pair
-    _, served = await _serve(server, count_handler)
+    await _serve(server, count_handler)
     client = await client_rt.endpoint("rp.svc.generate").client()
     await client.wait_for_instances(5)
     await server.tcp_server.close()
