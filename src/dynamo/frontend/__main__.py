@@ -1,0 +1,42 @@
+"""OpenAI-compatible frontend.
+
+    python -m dynamo.frontend --http-port 8000 [--router-mode round-robin|random|power-of-two|least-loaded|kv]
+
+Finds models registered by workers through the discovery store (``--store-kv``), serves
+``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``, ``/live`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from dynamo.common import cli
+from dynamo.common.configuration import dump_config
+from dynamo.frontend.args import parse_config
+from dynamo.frontend.service import build_frontend, serve_http
+from dynamo.runtime import DistributedRuntime
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(argv)
+    cli.configure_logging(config.verbose)
+
+    async def amain() -> None:
+        config.validate()
+        dump_config(config.dump_config_to, config)
+        runtime = await DistributedRuntime.from_settings(config)
+        frontend = await build_frontend(config, runtime)
+        try:
+            if config.interactive:
+                from dynamo.frontend.interactive import chat_loop
+
+                await chat_loop(frontend)
+            else:
+                await serve_http(config, frontend)
+        finally:
+            await frontend.close()
+            await runtime.shutdown(grace_period=0)
+
+    cli.run(amain)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Frontend configuration (reference §4.5): HTTP, routing, migration and busy-detection flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dynamo.common.configuration import (
+    ArgGroup,
+    ArgumentContainer,
+    add_argument,
+    nullable_float,
+    nullable_int,
+)
+from dynamo.common.configuration.groups import RuntimeArgGroup, RuntimeConfig
+from dynamo.llm.push_router import ROUTER_MODES
+from dynamo.runtime.errors import ConfigError
+
+
+class FrontendConfig(RuntimeConfig):
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    tls_cert_path: str | None = None
+    tls_key_path: str | None = None
+    router_mode: str = "round-robin"
+    metrics_prefix: str = "dynamo_frontend"
+    migration_limit: int = 0
+    migration_max_seq_len: int | None = None
+    stream_stall_timeout: float | None = None
+    active_decode_blocks_threshold: float | None = 1.0
+    active_prefill_tokens_threshold: int | None = 10_000_000
+    active_prefill_tokens_threshold_frac: float | None = 10.0
+    interactive: bool = False
+    model_filter_namespace: str | None = None
+    verbose: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        if bool(self.tls_cert_path) != bool(self.tls_key_path):
+            raise ConfigError("--tls-cert-path and --tls-key-path must be given together")
+        for path in (self.tls_cert_path, self.tls_key_path):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"TLS file {path!r} does not exist")
+        if not 0 <= self.migration_limit <= 1023:
+            raise ConfigError(f"--migration-limit must be in [0, 1023], got {self.migration_limit}")
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"--http-port must be in [0, 65535], got {self.http_port}")
+        if self.stream_stall_timeout is not None and self.stream_stall_timeout <= 0:
+            raise ConfigError("--stream-stall-timeout must be positive")
+
+
+class FrontendArgGroup(ArgGroup):
+    def add_arguments(self, parser: ArgumentContainer) -> None:
+        add_argument(parser, "--http-host", "DYN_HTTP_HOST", "0.0.0.0", "Address the HTTP server binds.")
+        add_argument(parser, "--http-port", "DYN_HTTP_PORT", 8000, "HTTP port.", arg_type=int)
+        add_argument(parser, "--tls-cert-path", "DYN_TLS_CERT_PATH", None, "TLS certificate (PEM); needs --tls-key-path.")
+        add_argument(parser, "--tls-key-path", "DYN_TLS_KEY_PATH", None, "TLS private key (PEM); needs --tls-cert-path.")
+        add_argument(parser, "--router-mode", "DYN_ROUTER_MODE", "round-robin",
+                     "How requests are spread over a model's workers.", choices=list(ROUTER_MODES))
+        add_argument(parser, "--metrics-prefix", "DYN_METRICS_PREFIX", "dynamo_frontend",
+                     "Prefix of the frontend's Prometheus metrics.")
+        add_argument(parser, "--migration-limit", "DYN_MIGRATION_LIMIT", 0,
+                     "Times a request may move to another worker when its worker is lost (0-1023; 0 = off).",
+                     arg_type=int)
+        add_argument(parser, "--migration-max-seq-len", "DYN_MIGRATION_MAX_SEQ_LEN", None,
+                     "Do not migrate requests whose prompt plus output exceeds this many tokens.",
+                     arg_type=nullable_int)
+        add_argument(parser, "--stream-stall-timeout", "DYN_STREAM_STALL_TIMEOUT", None,
+                     "Seconds without output after which a worker stream counts as lost (off by default).",
+                     arg_type=nullable_float)
+        add_argument(parser, "--active-decode-blocks-threshold", "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD", 1.0,
+                     "Worker busy when its KV usage exceeds this fraction of its blocks ('None' disables).",
+                     arg_type=nullable_float)
+        add_argument(parser, "--active-prefill-tokens-threshold", "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD",
+                     10_000_000, "Worker busy above this many queued prefill tokens ('None' disables).",
+                     arg_type=nullable_int)
+        add_argument(parser, "--active-prefill-tokens-threshold-frac", "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD_FRAC",
+                     10.0, "Worker busy above this multiple of max_num_batched_tokens ('None' disables).",
+                     arg_type=nullable_float)
+        parser.add_argument("-i", "--interactive", action="store_true",
+                            help="Chat with the first model in the terminal instead of serving HTTP.")
+        parser.add_argument("-v", "--verbose", action="count", default=0,
+                            help="-v debug, -vv trace (also DYN_LOG).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dynamo.frontend",
+        description="OpenAI-compatible HTTP frontend: discovers models registered by workers and routes to them.",
+    )
+    RuntimeArgGroup().add_arguments(parser)
+    FrontendArgGroup().add_arguments(parser)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> FrontendConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = FrontendConfig.from_cli_args(args)
+    # The frontend serves every namespace unless one is asked for explicitly.
+    argv_list = argv if argv is not None else sys.argv[1:]
+    explicit = any(a == "--namespace" or a.startswith("--namespace=") for a in argv_list) or "DYN_NAMESPACE" in os.environ
+    config.model_filter_namespace = config.namespace if explicit else None
+    return config

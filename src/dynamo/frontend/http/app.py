@@ -1,0 +1,403 @@
+"""The OpenAI-compatible HTTP service as a plain ASGI application.
+
+A hand-rolled ASGI app rather than FastAPI routes: the frontend sits on every token of every request,
+and dependency injection plus per-chunk model serialization would cost more CPU per request than
+the whole rest of the pipeline. Requests are validated with the pydantic models in
+``dynamo.llm.protocols.openai``; responses are plain dicts encoded with orjson.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from dynamo.frontend.http import errors as http_errors
+from dynamo.frontend.http.errors import HttpError
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.pipeline import ModelEngine, merge_streams
+from dynamo.llm.model_manager import ModelManager
+from dynamo.llm.protocols import openai as oai
+from dynamo.runtime import errors
+
+logger = logging.getLogger("dynamo.frontend")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+               (b"connection", b"keep-alive")]
+DONE = b"data: [DONE]\n\n"
+
+
+def body_limit_from_env() -> int:
+    raw = os.environ.get("DYN_HTTP_BODY_LIMIT_MB", "45")
+    try:
+        return int(float(raw) * 1024 * 1024)
+    except ValueError as exc:
+        raise errors.ConfigError(f"environment variable DYN_HTTP_BODY_LIMIT_MB={raw!r} is not a number") from exc
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise HttpError(400, "invalid Content-Length header") from None
+            if declared > limit:
+                raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+async def send_json(send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    await send({"type": "http.response.start", "status": status, "headers": (headers or JSON_HEADERS)
+                + [(b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class FrontendApp:
+    def __init__(self, manager: ModelManager, metrics: FrontendMetrics, *, busy: Any = None,
+                 body_limit: int | None = None) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.busy = busy
+        self.body_limit = body_limit if body_limit is not None else body_limit_from_env()
+        self.shutting_down = False
+        self.on_startup: list[Callable[[], Awaitable[None]]] = []
+        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
+        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/completions"): self.completions,
+            ("POST", "/v1/embeddings"): self.embeddings,
+            ("GET", "/v1/models"): self.models,
+            ("GET", "/health"): self.health,
+            ("GET", "/live"): self.live,
+            ("GET", "/metrics"): self.metrics_route,
+            ("GET", "/openapi.json"): self.openapi,
+            ("GET", "/busy_threshold"): self.busy_threshold,
+            ("POST", "/busy_threshold"): self.busy_threshold,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for fn in self.on_startup:
+                        await fn()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.shutting_down = True
+                for fn in self.on_shutdown:
+                    with contextlib.suppress(Exception):
+                        await fn()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._routes.get((scope["method"], scope["path"]))
+        try:
+            if route is None:
+                if any(path == scope["path"] for _, path in self._routes):
+                    raise HttpError(405, f"method {scope['method']} not allowed on {scope['path']}")
+                raise HttpError(404, f"no route for {scope['path']}")
+            await route(scope, receive, send)
+        except ClientDisconnected:
+            self.metrics.disconnected.inc()
+        except Exception as exc:
+            err = http_errors.to_http(exc)
+            if err.status >= 500 and not isinstance(exc, (HttpError, errors.DynamoError)):
+                logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            with contextlib.suppress(Exception):
+                await send_json(send, err.status, http_errors.json_bytes(err))
+
+    # -- OpenAI routes --------------------------------------------------------------------------
+
+    def _engine(self, model: str, model_type: str) -> ModelEngine:
+        if not self.manager.has_type(model_type):
+            raise HttpError(404, f"no model serves /v1/{'chat/completions' if model_type == 'chat' else model_type} "
+                                 "yet" if model_type != "completions" else "no model serves /v1/completions yet")
+        ws = self.manager.worker_set(model, model_type)
+        if ws.engine is None:
+            raise errors.Unavailable(f"model '{model}' is still loading")
+        return ws.engine
+
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = await read_body(receive, self.body_limit, scope)
+        if not self.manager.has_type("chat"):
+            raise HttpError(404, "no chat model is registered yet")
+        req = _parse(oai.ChatCompletionRequest, raw)
+        engine = self._engine(req.model, "chat")
+        rid = uuid.uuid4().hex
+        pre = await engine.preprocess_chat(req, rid)
+        n = req.n or 1
+        await self._serve(scope, receive, send, engine, "chat_completions", req, [pre] * n, chat=True, rid=rid)
+
+    async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = await read_body(receive, self.body_limit, scope)
+        if not self.manager.has_type("completions"):
+            raise HttpError(404, "no completions model is registered yet")
+        req = _parse(oai.CompletionRequest, raw)
+        engine = self._engine(req.model, "completions")
+        rid = uuid.uuid4().hex
+        pres = await engine.preprocess_completion(req, rid)
+        n = req.n or 1
+        choices = [p for p in pres for _ in range(n)]
+        await self._serve(scope, receive, send, engine, "completions", req, choices, chat=False, rid=rid)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, engine: ModelEngine, endpoint: str,
+                     req: Any, pres: list[Any], *, chat: bool, rid: str) -> None:
+        m = self.metrics
+        model = engine.model
+        stream_mode = bool(req.stream)
+        include_usage = stream_mode and bool(req.stream_options and req.stream_options.include_usage)
+        created = int(time.time())
+        cid = oai.chat_completion_id(rid) if chat else oai.completion_id(rid)
+        prompt_tokens = sum(p.prompt_tokens for p in pres[:: (req.n or 1)])
+        start = time.perf_counter()
+        m.inflight.labels(model).inc()
+        m.queued.labels(model).inc()
+        queued = True
+        request_type = "stream" if stream_mode else "unary"
+        status, error_type = "success", ""
+        streams = [engine.choice_stream(p) for p in pres]
+        merged = merge_streams(streams)
+        completion_tokens = [0] * len(pres)
+        watcher: asyncio.Task[None] | None = None
+        if stream_mode:
+            watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
+        try:
+            first = True
+            last_t = start
+            texts: list[list[str]] = [[] for _ in pres]
+            finish: list[tuple[str | None, Any]] = [(None, None)] * len(pres)
+            role_sent = [False] * len(pres)
+            started = False
+            async for i, res in merged:
+                now = time.perf_counter()
+                if res.num_tokens:
+                    if first:
+                        m.ttft.labels(model).observe(now - start)
+                        m.queued.labels(model).dec()
+                        queued = False
+                        first = False
+                    else:
+                        m.itl.labels(model).observe((now - last_t) / res.num_tokens)
+                    last_t = now
+                    completion_tokens[i] += res.num_tokens
+                if not stream_mode:
+                    if res.text:
+                        texts[i].append(res.text)
+                    if res.finish_reason is not None:
+                        finish[i] = (_openai_finish(res.finish_reason), res.stop_reason)
+                    continue
+                if not started:
+                    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                    started = True
+                fr = _openai_finish(res.finish_reason) if res.finish_reason is not None else None
+                if chat:
+                    role = None
+                    if not role_sent[i]:
+                        role, role_sent[i] = "assistant", True
+                    if not res.text and fr is None and role is None:
+                        continue
+                    chunk = oai.chat_chunk(cid, model, created, oai.chat_delta(res.text or ("" if role else None),
+                                                                                 role=role),
+                                           index=i, finish_reason=fr, stop_reason=res.stop_reason)
+                else:
+                    if not res.text and fr is None:
+                        continue
+                    chunk = oai.completion_chunk(cid, model, created, res.text, index=i, finish_reason=fr,
+                                                 stop_reason=res.stop_reason)
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                            "more_body": True})
+            total = sum(completion_tokens)
+            usage = oai.usage_dict(prompt_tokens, total)
+            if stream_mode:
+                if not started:
+                    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                tail = b""
+                if include_usage:
+                    uchunk = (oai.chat_usage_chunk if chat else oai.completion_usage_chunk)(cid, model, created, usage)
+                    tail = b"data: " + orjson.dumps(uchunk) + b"\n\n"
+                await send({"type": "http.response.body", "body": tail + DONE, "more_body": False})
+            else:
+                if chat:
+                    choices = [oai.chat_choice(i, "".join(texts[i]), finish[i][0], stop_reason=finish[i][1])
+                               for i in range(len(pres))]
+                    payload = oai.chat_completion(cid, model, created, choices, usage)
+                else:
+                    choices = []
+                    for i in range(len(pres)):
+                        c: dict[str, Any] = {"index": i, "text": "".join(texts[i]), "logprobs": None,
+                                             "finish_reason": finish[i][0]}
+                        if finish[i][1] is not None:
+                            c["stop_reason"] = finish[i][1]
+                        choices.append(c)
+                    payload = oai.completion_response(cid, model, created, choices, usage)
+                await send_json(send, 200, payload)
+            m.isl.labels(model).observe(prompt_tokens)
+            m.osl.labels(model).observe(total)
+            m.output_tokens.labels(model).inc(total)
+        except asyncio.CancelledError:
+            status, error_type = "error", "cancelled"
+            m.disconnected.inc()
+            m.cancellations.labels(model).inc()
+            # The client went away: swallow the cancellation; the finally block stops the workers.
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
+        except Exception as exc:
+            status, error_type = "error", type(exc).__name__
+            if isinstance(exc, errors.ResourceExhausted):
+                m.rejections.labels(model, endpoint).inc()
+            if stream_mode and started:
+                err = http_errors.to_http(exc)
+                if err.status >= 500 and not isinstance(exc, errors.DynamoError):
+                    logger.exception("request %s failed mid-stream", rid)
+                data = b"event: error\ndata: " + http_errors.json_bytes(err) + b"\n\n"
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": data, "more_body": False})
+            else:
+                raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await merged.aclose()
+            for s in streams:
+                await s.aclose()
+            if queued:
+                m.queued.labels(model).dec()
+            m.inflight.labels(model).dec()
+            m.duration.labels(model).observe(time.perf_counter() - start)
+            m.requests.labels(model, endpoint, request_type, status, error_type).inc()
+
+    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive, self.body_limit, scope)
+        if not self.manager.has_type("embedding"):
+            raise HttpError(404, "no embedding model is registered yet")
+        raise HttpError(501, "embeddings are not implemented by this frontend yet")
+
+    # -- other routes ---------------------------------------------------------------------------
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        data = []
+        for name in self.manager.model_names():
+            created = min(ws.created for ws in self.manager.sets[name].values())
+            data.append({"id": name, "object": "model", "created": created, "owned_by": "dynamo"})
+        await send_json(send, 200, {"object": "list", "data": data})
+
+    async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        instances = []
+        endpoints = set()
+        for ws in self.manager.all_sets():
+            if ws.client is None:
+                continue
+            for inst in ws.client.instances():
+                if inst.instance_id in ws.instances:
+                    endpoints.add(inst.url)
+                    instances.append({"namespace": inst.namespace, "component": inst.component,
+                                      "endpoint": inst.endpoint, "instance_id": inst.instance_id,
+                                      "transport": inst.transport, "model": ws.model})
+        await send_json(send, 200, {"status": "healthy" if instances else "unhealthy",
+                                    "endpoints": sorted(endpoints), "instances": instances})
+
+    async def live(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.shutting_down:
+            await send_json(send, 503, {"status": "shutting_down", "message": "Service is shutting down"})
+        else:
+            await send_json(send, 200, {"status": "live", "message": "Service is live"})
+
+    async def metrics_route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, self.metrics.render(),
+                        [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+
+    async def openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from dynamo.frontend.http.openapi import openapi_document
+
+        await send_json(send, 200, openapi_document())
+
+    async def busy_threshold(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.busy is None:
+            raise HttpError(501, "busy detection is not enabled on this frontend")
+        if scope["method"] == "GET":
+            await send_json(send, 200, {"thresholds": self.busy.all_thresholds()})
+            return
+        raw = await read_body(receive, self.body_limit, scope)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise HttpError(400, f"invalid JSON: {exc}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise HttpError(400, "body must be an object with a 'model' string", "model")
+        await send_json(send, 200, self.busy.update(body))
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if task is not None:
+                task.cancel()
+            return
+
+
+def _parse(model: type[Any], raw: bytes) -> Any:
+    if not raw:
+        raise HttpError(400, "request body is empty; expected a JSON object")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        # Distinguish malformed JSON from a well-formed body with bad fields.
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            raise HttpError(400, f"invalid JSON body: {exc.errors()[0].get('msg')}") from None
+        raise
+
+
+def _openai_finish(reason: str) -> str:
+    # OpenAI clients know stop/length/content_filter/tool_calls; map engine-specific reasons onto them.
+    if reason in ("eos", "stop"):
+        return "stop"
+    if reason == "cancelled" or reason == "abort":
+        return "stop"
+    return reason

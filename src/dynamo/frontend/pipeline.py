@@ -1,0 +1,221 @@
+"""One model's request pipeline: preprocess → migrate → route → detokenize/stop → OpenAI chunks.
+
+``ModelEngine`` is built per worker set (by the model manager's engine factory). The HTTP layer calls
+``chat_stream``/``completion_stream``, which yield plain-dict chunks ready for orjson.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.llm.model_manager import WorkerSet
+from dynamo.llm.postprocessor.stop import StepResult, StopChecker
+from dynamo.llm.preprocessor.request import OpenAIPreprocessor, PreprocessResult
+from dynamo.llm.protocols import openai as oai
+from dynamo.llm.protocols.engine import LLMEngineOutput, PreprocessedRequest
+from dynamo.llm.push_router import PushRouter
+from dynamo.runtime import errors
+
+logger = logging.getLogger(__name__)
+
+#: prompts longer than this many characters are tokenized off the event loop
+OFFLOAD_CHARS = 16_000
+
+
+@dataclass
+class PipelineOptions:
+    router_mode: str = "round-robin"
+    migration_limit: int = 0
+    migration_max_seq_len: int | None = None
+    stream_stall_timeout: float | None = None
+
+
+class ModelEngine:
+    def __init__(self, ws: WorkerSet, preprocessor: OpenAIPreprocessor, router: Any,
+                 metrics: FrontendMetrics, options: PipelineOptions) -> None:
+        self.ws = ws
+        self.model = ws.model
+        self.preprocessor = preprocessor
+        self.tokenizer = preprocessor.tokenizer
+        self.router = router
+        self.metrics = metrics
+        self.options = options
+        # A worker may ask for migration in its card; the frontend honours the larger limit.
+        self.migration_limit = max(options.migration_limit, ws.card.migration_limit)
+
+    @classmethod
+    async def build(cls, ws: WorkerSet, metrics: FrontendMetrics, options: PipelineOptions,
+                    custom_template: str | None = None) -> ModelEngine:
+        pre = await asyncio.to_thread(OpenAIPreprocessor.from_card, ws.card, custom_template_path=custom_template)
+        assert ws.client is not None
+        router = PushRouter(ws.client, options.router_mode if options.router_mode != "kv" else "round-robin",
+                            eligible=lambda: ws.instances)
+        engine = cls(ws, pre, router, metrics, options)
+        card = ws.card
+        m = card.name
+        rc = card.runtime_config
+        metrics.model_context_length.labels(m).set(card.context_length)
+        metrics.model_kv_cache_block_size.labels(m).set(card.kv_cache_block_size)
+        metrics.model_migration_limit.labels(m).set(engine.migration_limit)
+        if rc.total_kv_blocks is not None:
+            metrics.model_total_kv_blocks.labels(m).set(rc.total_kv_blocks)
+        if rc.max_num_seqs is not None:
+            metrics.model_max_num_seqs.labels(m).set(rc.max_num_seqs)
+        if rc.max_num_batched_tokens is not None:
+            metrics.model_max_num_batched_tokens.labels(m).set(rc.max_num_batched_tokens)
+        return engine
+
+    async def close(self) -> None:
+        close = getattr(self.router, "close", None)
+        if close is not None:
+            await close()
+
+    # -- preprocessing ------------------------------------------------------------------------------
+
+    async def preprocess_chat(self, req: oai.ChatCompletionRequest, request_id: str) -> PreprocessResult:
+        t0 = time.perf_counter()
+        size = sum(len(m.content) if isinstance(m.content, str) else 256 for m in req.messages)
+        if size > OFFLOAD_CHARS:
+            res = await asyncio.to_thread(self.preprocessor.preprocess_chat, req, request_id)
+        else:
+            res = self.preprocessor.preprocess_chat(req, request_id)
+        self.metrics.tokenizer_latency.labels(self.model).observe((time.perf_counter() - t0) * 1000)
+        return res
+
+    async def preprocess_completion(self, req: oai.CompletionRequest, request_id: str) -> list[PreprocessResult]:
+        t0 = time.perf_counter()
+        prompt = req.prompt
+        size = len(prompt) if isinstance(prompt, str) else 0
+        if size > OFFLOAD_CHARS or (isinstance(prompt, list) and prompt and isinstance(prompt[0], str)):
+            res = await asyncio.to_thread(self.preprocessor.preprocess_completion, req, request_id)
+        else:
+            res = self.preprocessor.preprocess_completion(req, request_id)
+        self.metrics.tokenizer_latency.labels(self.model).observe((time.perf_counter() - t0) * 1000)
+        return res
+
+    # -- engine stream with migration ---------------------------------------------------------------
+
+    async def engine_stream(self, request: PreprocessedRequest, instance_id: int | None = None,
+                            ) -> AsyncIterator[LLMEngineOutput]:
+        """Stream engine outputs, re-issuing the request on another worker if its worker is lost.
+
+        On a mid-stream failure the tokens generated so far are appended to the prompt and
+        ``max_tokens`` is reduced, so the client sees one continuous stream.
+        """
+        retries = self.migration_limit
+        if request.sampling_options.guided_decoding:
+            retries = 0
+        headers = {"request-id": request.request_id} if request.request_id else None
+        current = request
+        copied = False
+        stall = self.options.stream_stall_timeout
+        while True:
+            try:
+                _iid, stream = await self.router.generate(current, headers, instance_id)
+            except errors.DynamoError as exc:
+                if exc.migratable and retries > 0 and instance_id is None:
+                    retries -= 1
+                    self.metrics.migrations.labels(self.model, "new_request").inc()
+                    logger.warning("request %s: %s; retrying on another worker", request.request_id, exc)
+                    continue
+                raise
+            try:
+                it = stream.__aiter__()
+                while True:
+                    try:
+                        if stall is not None:
+                            out = await asyncio.wait_for(it.__anext__(), stall)
+                        else:
+                            out = await it.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    except asyncio.TimeoutError:
+                        raise errors.StreamStalled(f"no output for {stall}s") from None
+                    if out.token_ids and retries > 0:
+                        if not copied:
+                            current = msgspec.structs.replace(
+                                current, token_ids=list(current.token_ids),
+                                stop_conditions=msgspec.structs.replace(current.stop_conditions))
+                            copied = True
+                        current.token_ids.extend(out.token_ids)
+                        sc = current.stop_conditions
+                        if sc.max_tokens is not None:
+                            sc.max_tokens -= len(out.token_ids)
+                    yield out
+            except errors.DynamoError as exc:
+                if not exc.migratable or retries <= 0 or instance_id is not None:
+                    raise
+                max_len = self.options.migration_max_seq_len
+                if max_len is not None and len(current.token_ids) > max_len:
+                    self.metrics.migration_seq_len_exceeded.labels(self.model).inc()
+                    raise
+                retries -= 1
+                self.metrics.migrations.labels(self.model, "ongoing_request").inc()
+                logger.warning("request %s: worker lost mid-stream (%s); migrating with %d tokens",
+                               request.request_id, exc, len(current.token_ids))
+            finally:
+                await stream.aclose()
+
+    async def choice_stream(self, pre: PreprocessResult, instance_id: int | None = None,
+                            ) -> AsyncIterator[StepResult]:
+        """Detokenized, stop-checked results for one choice; the last one carries ``finish_reason``."""
+        checker = StopChecker.for_request(self.tokenizer, pre.request)
+        stream = self.engine_stream(pre.request, instance_id)
+        try:
+            async for out in stream:
+                res = checker.process_output(out)
+                if res.finish_reason is None and out.finish_reason is not None:
+                    res.finish_reason = out.finish_reason
+                yield res
+                if res.finish_reason is not None:
+                    return
+            if not checker.finished:
+                # The engine ended its stream without saying why: treat it as complete.
+                yield StepResult("", 0, finish_reason="stop")
+        finally:
+            await stream.aclose()
+
+    @staticmethod
+    def completion_tokens(results: list[StepResult]) -> int:
+        return sum(r.num_tokens for r in results)
+
+
+async def merge_streams(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
+    """Interleave several async iterators, yielding ``(index, item)`` as items arrive."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None, bool]] = asyncio.Queue()
+
+    async def pump(i: int, s: AsyncIterator[Any]) -> None:
+        try:
+            async for item in s:
+                await queue.put((i, item, None, False))
+        except BaseException as exc:
+            await queue.put((i, None, exc, True))
+            return
+        await queue.put((i, None, None, True))
+
+    tasks = [asyncio.get_running_loop().create_task(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            i, item, exc, done = await queue.get()
+            if done:
+                remaining -= 1
+                if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                    raise exc
+                continue
+            yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()

@@ -1,0 +1,90 @@
+"""Assemble and run a frontend: runtime + model discovery + HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import uvicorn
+
+from dynamo.frontend.args import FrontendConfig
+from dynamo.frontend.http.app import FrontendApp
+from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.pipeline import ModelEngine, PipelineOptions
+from dynamo.llm.model_manager import ModelManager, WorkerSet
+from dynamo.runtime import DistributedRuntime
+
+logger = logging.getLogger("dynamo.frontend")
+
+
+@dataclass
+class Frontend:
+    runtime: DistributedRuntime
+    manager: ModelManager
+    metrics: FrontendMetrics
+    app: FrontendApp
+
+    async def close(self) -> None:
+        await self.manager.close()
+
+
+async def build_frontend(config: FrontendConfig, runtime: DistributedRuntime) -> Frontend:
+    metrics = FrontendMetrics(config.metrics_prefix)
+    options = PipelineOptions(
+        router_mode=config.router_mode,
+        migration_limit=config.migration_limit,
+        migration_max_seq_len=config.migration_max_seq_len,
+        stream_stall_timeout=config.stream_stall_timeout,
+    )
+
+    async def engine_factory(ws: WorkerSet) -> ModelEngine:
+        return await ModelEngine.build(ws, metrics, options, custom_template=config.custom_jinja_template)
+
+    manager = ModelManager(runtime, engine_factory, namespace=config.model_filter_namespace)
+    await manager.start()
+
+    def update_model_gauges() -> None:
+        for name, sets in manager.sets.items():
+            metrics.model_workers.labels(name).set(sum(len(ws.instances) for ws in sets.values()))
+
+    manager.on_change.append(update_model_gauges)
+    app = FrontendApp(manager, metrics)
+    return Frontend(runtime, manager, metrics, app)
+
+
+async def serve_http(config: FrontendConfig, frontend: Frontend) -> None:
+    uv_config = uvicorn.Config(
+        frontend.app,
+        host=config.http_host,
+        port=config.http_port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        ssl_certfile=config.tls_cert_path,
+        ssl_keyfile=config.tls_key_path,
+        timeout_graceful_shutdown=float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5")),
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(uv_config)
+    scheme = "https" if config.tls_cert_path else "http"
+    host = "localhost" if config.http_host in ("0.0.0.0", "::") else config.http_host
+
+    async def announce() -> None:
+        while not server.started:  # noqa: ASYNC110  (uvicorn exposes no "started" event)
+            await asyncio.sleep(0.05)
+        port = config.http_port
+        with contextlib.suppress(Exception):
+            port = server.servers[0].sockets[0].getsockname()[1]
+        logger.info("OpenAI-compatible API listening on %s://%s:%d/v1 (models: %s)", scheme, host, port,
+                    ", ".join(frontend.manager.model_names()) or "none yet; waiting for workers")
+
+    announcer = asyncio.get_running_loop().create_task(announce())
+    try:
+        await server.serve()
+    finally:
+        announcer.cancel()
