@@ -30,8 +30,14 @@ def configure_logging(verbosity: int = 0) -> None:
     )
 
 
+class _NoSpec:
+    name = "dynamo"
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "dynamo"
+    if prog == "__main__.py":
+        prog = f"python -m {(sys.modules['__main__'].__spec__ or _NoSpec).name.removesuffix('.__main__')}"
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(code)
 

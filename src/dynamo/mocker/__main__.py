@@ -1,0 +1,219 @@
+"""Mocker: a simulated vLLM-style engine worker (continuous batching, paged KV cache with prefix
+caching, KV events, timing from a perf model) so the whole system runs without GPUs.
+
+    python -m dynamo.mocker --model-path ../shared/data/models/Qwen3-0.6B --speedup-ratio 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+from typing import Any
+
+from dynamo.common import cli
+from dynamo.common.configuration import add_argument, add_negatable_bool_argument, dump_config
+from dynamo.common.configuration.groups import RuntimeArgGroup, RuntimeConfig
+from dynamo.kv_router.protocols import ActiveLoad, RouterEvent
+from dynamo.llm.model_registration import build_card, register_llm
+from dynamo.llm.protocols.engine import PreprocessedRequest
+from dynamo.llm.protocols.model_card import RuntimeConfig as CardRuntimeConfig
+from dynamo.mocker.args import MockEngineArgs
+from dynamo.mocker.engine import MockerEngine
+from dynamo.runtime import DistributedRuntime
+from dynamo.runtime.errors import ConfigError
+from dynamo.runtime.shutdown import install_signal_handlers
+
+logger = logging.getLogger("dynamo.mocker")
+
+
+class MockerConfig(RuntimeConfig):
+    model_path: str = ""
+    model_name: str | None = None
+    endpoint: str | None = None
+    num_gpu_blocks_override: int = 16384
+    block_size: int = 64
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    preemption_mode: str = "lifo"
+    speedup_ratio: float = 1.0
+    decode_speedup_ratio: float = 1.0
+    data_parallel_size: int = 1
+    startup_time: float | None = None
+    planner_profile_data: str | None = None
+    num_workers: int = 1
+    reasoning: str | None = None
+    engine_type: str = "vllm"
+    extra_engine_args: str | None = None
+    disaggregation_mode: str = "agg"
+    context_length: int = 0
+    migration_limit: int = 0
+    kv_transfer_bandwidth: float = 64.0
+    kv_bytes_per_token: int | None = None
+    verbose: int = 0
+
+    def engine_args(self) -> MockEngineArgs:
+        base = {
+            "num_gpu_blocks": self.num_gpu_blocks_override,
+            "block_size": self.block_size,
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "enable_chunked_prefill": self.enable_chunked_prefill,
+            "preemption_mode": self.preemption_mode,
+            "speedup_ratio": self.speedup_ratio,
+            "decode_speedup_ratio": self.decode_speedup_ratio,
+            "dp_size": self.data_parallel_size,
+            "startup_time": self.startup_time,
+            "planner_profile_data": self.planner_profile_data,
+            "engine_type": self.engine_type,
+            "kv_transfer_bandwidth": self.kv_transfer_bandwidth,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "durable_kv_events": self.durable_kv_events,
+        }
+        if self.reasoning:
+            base["reasoning"] = self.reasoning
+        args = MockEngineArgs.from_dict(base)
+        if self.extra_engine_args:
+            args = MockEngineArgs.from_json(self.extra_engine_args, base=args)
+        if args.worker_type != "aggregated" or self.disaggregation_mode != "agg":
+            raise ConfigError("disaggregated prefill/decode mockers are not available yet; "
+                              "use --disaggregation-mode agg")
+        return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dynamo.mocker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    RuntimeArgGroup().add_arguments(p)
+    g = p.add_argument_group("model")
+    add_argument(g, "--model-path", "DYN_MODEL_PATH", "", "Model directory or Hugging Face repo id "
+                 "(tokenizer and config only; no weights are loaded).")
+    add_argument(g, "--model-name", "DYN_MODEL_NAME", None, "Served model name (default: the folder name).")
+    add_argument(g, "--endpoint", "DYN_ENDPOINT", None, "Endpoint (default dyn://{namespace}.backend.generate).")
+    add_argument(g, "--context-length", "DYN_CONTEXT_LENGTH", 0, "Context length (0: from config.json).", arg_type=int)
+    add_argument(g, "--migration-limit", "DYN_MIGRATION_LIMIT", 0,
+                 "Migration limit advertised in the model card (0-1023).", arg_type=int)
+    e = p.add_argument_group("engine")
+    add_argument(e, "--num-gpu-blocks-override", "DYN_MOCKER_NUM_GPU_BLOCKS", 16384, "KV cache blocks per dp rank.",
+                 arg_type=int)
+    add_argument(e, "--block-size", "DYN_MOCKER_BLOCK_SIZE", 64, "Tokens per KV block.", arg_type=int)
+    add_argument(e, "--max-num-seqs", "DYN_MOCKER_MAX_NUM_SEQS", 256, "Max running sequences per pass.", arg_type=int)
+    add_argument(e, "--max-num-batched-tokens", "DYN_MOCKER_MAX_NUM_BATCHED_TOKENS", 8192, "Token budget per pass.",
+                 arg_type=int)
+    add_negatable_bool_argument(e, "--enable-prefix-caching", "DYN_MOCKER_ENABLE_PREFIX_CACHING", True,
+                                "Reuse cached KV blocks across requests.")
+    add_negatable_bool_argument(e, "--enable-chunked-prefill", "DYN_MOCKER_ENABLE_CHUNKED_PREFILL", True,
+                                "Split long prompts across passes.")
+    add_argument(e, "--preemption-mode", "DYN_MOCKER_PREEMPTION_MODE", "lifo", "Which request to preempt "
+                 "when the KV cache is full.", choices=["lifo", "fifo"])
+    add_argument(e, "--speedup-ratio", "DYN_MOCKER_SPEEDUP_RATIO", 1.0, "Run simulated time this many times "
+                 "faster than real time.", arg_type=float)
+    add_argument(e, "--decode-speedup-ratio", "DYN_MOCKER_DECODE_SPEEDUP_RATIO", 1.0,
+                 "Extra speedup for decode passes.", arg_type=float)
+    add_argument(e, "--data-parallel-size", "DYN_MOCKER_DATA_PARALLEL_SIZE", 1, "Data-parallel ranks per worker.",
+                 arg_type=int)
+    add_argument(e, "--startup-time", "DYN_MOCKER_STARTUP_TIME", None, "Simulated start-up delay (s).",
+                 arg_type=float)
+    add_argument(e, "--planner-profile-data", "DYN_MOCKER_PROFILE_DATA", None,
+                 "Profiling NPZ file/dir for interpolated timing (default: polynomial model).")
+    add_argument(e, "--num-workers", "DYN_MOCKER_NUM_WORKERS", 1, "Independent workers in this process.",
+                 arg_type=int)
+    add_argument(e, "--reasoning", "DYN_MOCKER_REASONING", None, "JSON {start_thinking_token_id, "
+                 "end_thinking_token_id, thinking_ratio}.")
+    add_argument(e, "--engine-type", "DYN_MOCKER_ENGINE_TYPE", "vllm", "Scheduler flavour.", choices=["vllm", "sglang"])
+    add_argument(e, "--extra-engine-args", "DYN_MOCKER_EXTRA_ENGINE_ARGS", None,
+                 "JSON file whose keys override the engine flags.")
+    add_argument(e, "--disaggregation-mode", "DYN_MOCKER_DISAGGREGATION_MODE", "agg",
+                 "agg (default), prefill or decode.", choices=["agg", "prefill", "decode"])
+    add_argument(e, "--kv-transfer-bandwidth", "DYN_MOCKER_KV_TRANSFER_BANDWIDTH", 64.0,
+                 "KV transfer bandwidth in GB/s (disaggregation).", arg_type=float)
+    add_argument(e, "--kv-bytes-per-token", "DYN_MOCKER_KV_BYTES_PER_TOKEN", None, "KV bytes per token.",
+                 arg_type=int)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v debug, -vv trace (also DYN_LOG).")
+    return p
+
+
+def mocker_card(config: MockerConfig, args: MockEngineArgs) -> Any:
+    return build_card(
+        config.model_path, config.model_name, context_length=config.context_length,
+        kv_cache_block_size=args.block_size, migration_limit=config.migration_limit,
+        runtime_config=CardRuntimeConfig(
+            total_kv_blocks=args.num_gpu_blocks, max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens, data_parallel_size=args.dp_size,
+            tool_call_parser=config.dyn_tool_call_parser, reasoning_parser=config.dyn_reasoning_parser),
+    )
+
+
+async def start_worker(runtime: DistributedRuntime, config: MockerConfig, args: MockEngineArgs,
+                       instance_id: int, card: Any) -> MockerEngine:
+    endpoint = runtime.endpoint(config.endpoint or f"dyn://{config.namespace}.backend.generate")
+    kv_pub: Any = None
+    load_pub: Any = None
+    try:
+        plane = runtime.event_plane()
+        kv_pub = await plane.publisher(endpoint.namespace, endpoint.component, "kv-events", publisher_id=instance_id)
+        load_pub = await plane.publisher(endpoint.namespace, None, "kv_metrics", publisher_id=instance_id)
+    except Exception as exc:
+        logger.warning("event plane unavailable (%s): KV events and load metrics will not be published", exc)
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def fire(coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def kv_sink(events: list[RouterEvent]) -> None:
+        if kv_pub is not None:
+            for ev in events:
+                fire(kv_pub.publish(ev.to_wire()))
+
+    def load_sink(rank: int, used: int) -> None:
+        if load_pub is not None:
+            fire(load_pub.publish(ActiveLoad(worker_id=instance_id, dp_rank=rank, kv_used_blocks=used)))
+
+    engine = MockerEngine(args, instance_id, kv_sink=kv_sink, load_sink=load_sink)
+    engine.start()
+    await endpoint.start_serving(engine.generate, request_type=PreprocessedRequest, instance_id=instance_id)
+    await register_llm(endpoint, card, instance_id)
+    logger.info("mocker worker %x serving %r on %s (block size %d, %d KV blocks, speedup %g)",
+                instance_id, card.name, endpoint.url, args.block_size, args.num_gpu_blocks, args.speedup_ratio)
+    return engine
+
+
+def main(argv: list[str] | None = None) -> None:
+    parsed = build_parser().parse_args(argv)
+    config = MockerConfig.from_cli_args(parsed)
+    cli.configure_logging(config.verbose)
+    if not config.model_path:
+        cli.fail("--model-path is required (a model directory or a Hugging Face repo id)")
+    if config.num_workers < 1:
+        cli.fail("--num-workers must be >= 1")
+    if not 0 <= config.migration_limit <= 1023:
+        cli.fail("--migration-limit must be in [0, 1023]")
+
+    async def amain() -> None:
+        config.validate()
+        args = config.engine_args()
+        card = mocker_card(config, args)
+        dump_config(config.dump_config_to, config)
+        runtime = await DistributedRuntime.from_settings(config)
+        install_signal_handlers(runtime)
+        if args.startup_time:
+            await asyncio.sleep(args.startup_time)
+        engines = []
+        for i in range(config.num_workers):
+            iid = runtime.instance_id if i == 0 else random.getrandbits(63)
+            engines.append(await start_worker(runtime, config, args, iid, card))
+        await runtime.wait_for_shutdown()
+        for engine in engines:
+            await engine.stop()
+
+    cli.run(amain)
+
+
+if __name__ == "__main__":
+    main()
