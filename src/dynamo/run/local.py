@@ -1,0 +1,105 @@
+"""``make run``: a complete local deployment on the embedded defaults (file store, tcp, zmq).
+
+Starts two mocker workers and a frontend as child processes, waits until the model is served,
+prints the URL and a ready-to-paste curl, and stops everything cleanly on Ctrl-C / SIGTERM.
+Environment: ``DYN_HTTP_PORT`` (8000), ``DYN_MODEL_PATH`` (local Qwen3-0.6B when present, else the
+hub id), ``DYN_MOCKER_SPEEDUP_RATIO`` (10), ``DYN_MOCKER_NUM_WORKERS`` (2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HUB_ID = "Qwen/Qwen3-0.6B"
+
+
+def default_model() -> str:
+    here = Path(__file__).resolve()
+    for base in (Path.cwd(), *here.parents):
+        candidate = base.parent / "shared" / "data" / "models" / "Qwen3-0.6B"
+        if (candidate / "tokenizer.json").exists():
+            return str(candidate)
+    return HUB_ID
+
+
+def wait_for_model(port: int, name: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/v1/models"
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if any(m["id"] == name for m in json.load(resp)["data"]):
+                    return True
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def main() -> int:
+    port = int(os.environ.get("DYN_HTTP_PORT", "8000"))
+    model = os.environ.get("DYN_MODEL_PATH") or default_model()
+    name = Path(model).name if os.path.isdir(model) else model.split("/")[-1]
+    workers = os.environ.get("DYN_MOCKER_NUM_WORKERS", "2")
+    speedup = os.environ.get("DYN_MOCKER_SPEEDUP_RATIO", "10")
+    store_dir = tempfile.mkdtemp(prefix="dynamo-local-kv-")
+    env = {**os.environ, "DYN_FILE_KV": store_dir, "DYN_STORE_KV": "file", "DYN_REQUEST_PLANE": "tcp",
+           "DYN_EVENT_PLANE": "zmq"}
+    py = sys.executable
+    procs = [
+        subprocess.Popen([py, "-m", "dynamo.mocker", "--model-path", model, "--model-name", name,
+                          "--num-workers", workers, "--speedup-ratio", speedup], env=env),
+        subprocess.Popen([py, "-m", "dynamo.frontend", "--http-port", str(port)], env=env),
+    ]
+    stopping = {"now": False}
+
+    def stop(signum: int, frame: object) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        if not wait_for_model(port, name, procs):
+            print("dynamo: the deployment did not come up; see the log above", file=sys.stderr)
+            code = 1
+        else:
+            base = f"http://localhost:{port}"
+            print(f"\nDynamo-Py is serving {name!r} with {workers} mocker workers at {base}/v1\n")
+            print(f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\")
+            print(f"    -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], "
+                  "\"max_tokens\": 32}'\n")
+            print("Press Ctrl-C to stop.", flush=True)
+            while not stopping["now"]:
+                if any(p.poll() is not None for p in procs):
+                    print("dynamo: a component exited; stopping", file=sys.stderr)
+                    code = 1
+                    break
+                time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        print("dynamo: stopped", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
