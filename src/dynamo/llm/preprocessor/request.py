@@ -187,6 +187,11 @@ class OpenAIPreprocessor:
             )
         if max_tokens is None:
             max_tokens = ctx - n_prompt if ctx > 0 else self.default_max_tokens
+        elif ctx > 0 and n_prompt + max_tokens > ctx:
+            raise InvalidArgument(
+                f"Validation: max_tokens: {max_tokens} output tokens plus {n_prompt} input tokens exceed this "
+                f"model's maximum context length of {ctx} tokens"
+            )
 
         nvext = req.nvext
         ignore_eos = bool(req.ignore_eos or (nvext is not None and nvext.ignore_eos))

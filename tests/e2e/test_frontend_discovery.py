@@ -1,0 +1,104 @@
+"""Workers coming and going while the frontend serves; ``make run`` from a fresh checkout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.support.deploy import QWEN, TINYLLAMA, new_deployment
+from tests.support.procs import REPO, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_workers_added_and_removed_while_serving(tmp_path):
+    dep = new_deployment()
+    try:
+        first = dep.mocker("--speedup-ratio", "100", "--model-name", "qwen", name="qwen")
+        dep.start_frontend()
+        dep.wait_models({"qwen"})
+        client = openai.OpenAI(base_url=dep.url + "/v1", api_key="x", max_retries=0)
+
+        second = dep.mocker("--speedup-ratio", "100", "--model-name", "llama", "--block-size", "16",
+                            model=TINYLLAMA, name="llama")
+        dep.wait_models({"qwen", "llama"}, timeout=15)
+        resp = client.completions.create(model="llama", prompt="Hello", max_tokens=4)
+        assert resp.usage.completion_tokens == 4
+
+        # A killed worker's model disappears within the store TTL, and meanwhile no request fails.
+        os.kill(second.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while "llama" in dep.models():
+            assert time.monotonic() < deadline, "model of a dead worker still listed"
+            r = client.chat.completions.create(model="qwen", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=2)
+            assert r.usage.completion_tokens == 2
+            time.sleep(0.2)
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="llama", prompt="Hello", max_tokens=4)
+
+        # With no workers left the model goes away: 404 for it, and never a hang.
+        first.send_signal(signal.SIGTERM)
+        first.wait(15)
+        wait_for(lambda: dep.models() == [], 15, what="qwen to disappear")
+        t0 = time.monotonic()
+        r = httpx.post(dep.url + "/v1/chat/completions", timeout=10,
+                       json={"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code in (404, 503) and time.monotonic() - t0 < 5
+    finally:
+        dep.close()
+
+
+def test_instance_gone_before_store_notices_gives_503_not_hang():
+    dep = new_deployment()
+    try:
+        worker = dep.mocker("--speedup-ratio", "100")
+        dep.start_frontend()
+        dep.wait_models({"Qwen3-0.6B"})
+        client = openai.OpenAI(base_url=dep.url + "/v1", api_key="x", max_retries=0)
+        assert client.completions.create(model="Qwen3-0.6B", prompt="a", max_tokens=2).usage.completion_tokens == 2
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        t0 = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as info:
+            client.completions.create(model="Qwen3-0.6B", prompt="a", max_tokens=2)
+        assert info.value.status_code == 503
+        assert time.monotonic() - t0 < 5
+    finally:
+        dep.close()
+
+
+def test_make_run_serves_a_request(tmp_path):
+    port = free_port()
+    env = {**os.environ, "DYN_HTTP_PORT": str(port), "DYN_MODEL_PATH": str(QWEN), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(["make", "-s", "run", f"VENV={sys.prefix}"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).json()["data"] != []
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False
+
+        wait_for(ready, 60, interval=0.2, what="make run to come up")
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                       json={"model": "Qwen3-0.6B", "messages": [{"role": "user", "content": "Hello!"}],
+                             "max_tokens": 5})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, _ = proc.communicate(timeout=30)
+        # make itself re-raises SIGINT (-2); what matters is the clean stop of everything it started.
+        assert proc.returncode in (0, -signal.SIGINT, 130)
+        text = out.decode()
+        assert f"http://localhost:{port}/v1" in text and "curl" in text and "stopped" in text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -1,0 +1,164 @@
+"""The frontend through the official ``openai`` client against real mocker workers."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from dynamo.llm.preprocessor.tokenizer import Tokenizer
+from tests.support.deploy import QWEN, new_deployment
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "Qwen3-0.6B"
+CONTEXT = 4096
+
+
+@pytest.fixture(scope="module")
+def deployment():
+    dep = new_deployment({"DYN_HTTP_BODY_LIMIT_MB": "1"})
+    try:
+        dep.mocker("--num-workers", "2", "--speedup-ratio", "100", "--context-length", str(CONTEXT))
+        dep.start_frontend()
+        dep.wait_models({MODEL})
+        yield dep
+    finally:
+        dep.close()
+
+
+@pytest.fixture(scope="module")
+def client(deployment):
+    return openai.OpenAI(base_url=deployment.url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.from_dir(QWEN)
+
+
+MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_models_lists_the_mocker_model(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_chat_non_streaming_exact_usage(client):
+    resp = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12)
+    assert resp.object == "chat.completion"
+    choice = resp.choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.message.role == "assistant" and choice.message.content
+    # The HF template render of this conversation is 26 tokens (shared/data/models/README.md).
+    assert resp.usage.prompt_tokens == 26
+    assert resp.usage.completion_tokens == 12
+    assert resp.usage.total_tokens == 38
+
+
+def test_chat_streaming_with_usage(client, tokenizer):
+    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == []
+    assert usage.prompt_tokens == 26 and usage.completion_tokens == 20
+    # Mocker tokens are ids 1000-1999; the streamed text is their exact detokenization.
+    assert text and "\ufffd" not in text
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_completions_string_and_batch(client, tokenizer):
+    resp = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=7)
+    assert resp.usage.prompt_tokens == len(tokenizer.encode("The quick brown fox", add_special_tokens=True))
+    assert resp.usage.completion_tokens == 7
+    assert resp.choices[0].finish_reason == "length"
+    batch = client.completions.create(model=MODEL, prompt=["one", "two two", "three"], max_tokens=3)
+    assert sorted(c.index for c in batch.choices) == [0, 1, 2]
+    assert batch.usage.completion_tokens == 9
+
+
+def test_completions_token_prompt_streaming(client):
+    stream = client.completions.create(model=MODEL, prompt=[1, 2, 3, 4, 5], max_tokens=5, stream=True)
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert "".join(c.choices[0].text for c in chunks)
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES, max_tokens=4)
+    assert "no-such-model" in info.value.body["message"]
+
+
+BAD_CHAT = [
+    ({"model": MODEL, "messages": "hello", "max_tokens": 4}, "messages"),
+    ({"model": MODEL, "messages": [], "max_tokens": 4}, "messages"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**9}, "max_tokens"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}, "max_tokens"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 5}, "temperature"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_p": 1.5}, "top_p"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "presence_penalty": -3}, "presence_penalty"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}},
+     "stream_options"),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "role"),
+    ({"model": 7, "messages": [{"role": "user", "content": "x"}]}, "model"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), BAD_CHAT, ids=[p for _, p in BAD_CHAT])
+def test_bad_chat_requests_are_400_with_openai_error(deployment, body, param):
+    r = httpx.post(deployment.url + "/v1/chat/completions", json=body, timeout=10)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == 400 and err["type"] == "invalid_request_error"
+    assert param in (err["message"] + str(err.get("param")))
+
+
+def test_malformed_json_and_empty_body(deployment):
+    for data in (b"{not json", b"", b"[1, 2]", b"\xff\xfe"):
+        r = httpx.post(deployment.url + "/v1/chat/completions", content=data,
+                       headers={"content-type": "application/json"}, timeout=10)
+        assert r.status_code == 400, (data, r.text)
+        assert "error" in r.json()
+
+
+def test_oversize_body_is_413(deployment):
+    big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (2 * 1024 * 1024)}]}
+    r = httpx.post(deployment.url + "/v1/chat/completions", json=big, timeout=30)
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == 413
+
+
+def test_prompt_longer_than_context_is_400(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt=[5] * (CONTEXT + 10), max_tokens=4)
+    assert "context length" in info.value.body["message"]
+
+
+def test_server_keeps_serving_after_bad_input(client, deployment):
+    httpx.post(deployment.url + "/v1/chat/completions", content=b"\x00" * 100, timeout=10)
+    resp = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
+    assert resp.usage.completion_tokens == 3
+
+
+def test_health_live_metrics_openapi(deployment):
+    status, health = deployment.get("/health")
+    assert status == 200 and health["status"] == "healthy"
+    assert len(health["instances"]) == 2
+    assert health["endpoints"] == ["dyn://dynamo.backend.generate"]
+    assert deployment.get("/live") == (200, {"status": "live", "message": "Service is live"})
+    metrics = httpx.get(deployment.url + "/metrics", timeout=5).text
+    assert "dynamo_frontend_requests_total" in metrics
+    assert 'dynamo_frontend_model_context_length{model="Qwen3-0.6B"} 4096.0' in metrics
+    status, spec = deployment.get("/openapi.json")
+    assert status == 200 and "/v1/chat/completions" in spec["paths"]
+    r = httpx.post(deployment.url + "/v1/embeddings", json={"model": MODEL, "input": "x"}, timeout=5)
+    assert r.status_code == 404
