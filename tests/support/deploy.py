@@ -31,7 +31,7 @@ class Deployment:
         return f"http://127.0.0.1:{self.port}"
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115
+        log = open(self.logdir / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, *args], env={**self.env, **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)

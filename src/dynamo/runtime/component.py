@@ -29,11 +29,11 @@ class Namespace:
     def component(self, name: str) -> Component:
         return Component(self, name)
 
-    async def event_publisher(self, topic: str) -> Any:
-        return await self.runtime.event_plane().publisher(self.name, None, topic)
+    async def event_publisher(self, topic: str, **kwargs: Any) -> Any:
+        return await self.runtime.event_plane().publisher(self.name, None, topic, **kwargs)
 
-    async def subscribe(self, topic: str) -> Any:
-        return await self.runtime.event_plane().subscriber(self.name, None, topic)
+    async def subscribe(self, topic: str, **kwargs: Any) -> Any:
+        return await self.runtime.event_plane().subscriber(self.name, None, topic, **kwargs)
 
 
 class Component:
@@ -45,11 +45,11 @@ class Component:
     def endpoint(self, name: str) -> Endpoint:
         return Endpoint(self, name)
 
-    async def event_publisher(self, topic: str) -> Any:
-        return await self.runtime.event_plane().publisher(self.namespace.name, self.name, topic)
+    async def event_publisher(self, topic: str, **kwargs: Any) -> Any:
+        return await self.runtime.event_plane().publisher(self.namespace.name, self.name, topic, **kwargs)
 
-    async def subscribe(self, topic: str) -> Any:
-        return await self.runtime.event_plane().subscriber(self.namespace.name, self.name, topic)
+    async def subscribe(self, topic: str, **kwargs: Any) -> Any:
+        return await self.runtime.event_plane().subscriber(self.namespace.name, self.name, topic, **kwargs)
 
 
 class ServedEndpoint:

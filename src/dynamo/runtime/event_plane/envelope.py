@@ -129,13 +129,14 @@ class SequenceTracker:
     sees a stream starting above 0; that first message is not a gap.
     """
 
-    __slots__ = ("duplicates", "expected", "gaps", "missed")
+    __slots__ = ("duplicates", "expected", "gaps", "missed", "restarts")
 
     def __init__(self) -> None:
         self.expected: dict[int, int] = {}
         self.duplicates = 0
         self.gaps = 0
         self.missed = 0
+        self.restarts = 0
 
     def observe(self, publisher_id: int, sequence: int) -> Verdict:
         expected = self.expected.get(publisher_id)
@@ -146,6 +147,12 @@ class SequenceTracker:
             self.expected[publisher_id] = sequence + 1
             return Verdict.NEXT
         if sequence < expected:
+            if sequence == 0 and expected > 1:
+                # Neither transport redelivers, so a fresh 0 is the same publisher id restarted
+                # (e.g. a worker re-created with an explicit id): start its stream over.
+                self.expected[publisher_id] = 1
+                self.restarts += 1
+                return Verdict.FIRST
             self.duplicates += 1
             return Verdict.DUPLICATE
         self.expected[publisher_id] = sequence + 1
