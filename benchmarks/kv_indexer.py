@@ -1,0 +1,192 @@
+"""Throughput of the KV indexer (``RadixTree``) on an event stream derived from a Mooncake trace.
+
+Each trace request's ``hash_ids`` (512-token blocks) become local block hashes (xxh3 of the id, so
+identical ids at identical positions are reusable prefix blocks) chained into sequence hashes. Requests
+are assigned to ``--workers`` simulated engines (by a hash of their first blocks, so conversations
+stick, or round-robin); each engine keeps an LRU cache of ``--capacity`` blocks and emits ``stored``
+events for blocks it did not have and ``removed`` events for what it evicts. The stream is built once
+(untimed); each run replays it into a fresh tree in trace order — ``find_matches`` for the request,
+then its events — timing the two kinds of operation separately. Median of ``--runs`` runs.
+
+    python benchmarks/kv_indexer.py [--trace conversation|synthetic|PATH] [--workers 16]
+        [--capacity 16384] [--assign prefix|round-robin] [--limit N] [--runs 3] [--compare ai-dynamo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from dynamo.kv_router.hashing import compute_seq_hashes
+from dynamo.kv_router.indexer import RadixTree
+from dynamo.kv_router.protocols import KvCacheEvent, KvRemoved, KvStored, RouterEvent, StoredBlock
+
+TRACES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "traces" / "mooncake"
+TRACE_FILES = {"conversation": "conversation_trace.jsonl", "synthetic": "synthetic_trace.jsonl"}
+
+
+@dataclass
+class Stream:
+    ops: list[tuple[bool, object]]  # (is_query, local hashes | RouterEvent)
+    n_queries: int
+    n_stored: int
+    n_removed: int
+    n_blocks_stored: int
+    n_blocks_removed: int
+    n_query_blocks: int
+
+
+def load_trace(name: str, limit: int | None) -> list[list[int]]:
+    path = Path(name) if name not in TRACE_FILES else TRACES / TRACE_FILES[name]
+    out: list[list[int]] = []
+    with path.open() as f:
+        for line in f:
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(json.loads(line)["hash_ids"])
+    return out
+
+
+def build_stream(requests: list[list[int]], workers: int, capacity: int, assign: str) -> Stream:
+    caches: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(workers)]
+    event_ids = [0] * workers
+    ops: list[tuple[bool, object]] = []
+    local_of: dict[int, int] = {}
+    n_stored = n_removed = n_blocks = n_blocks_removed = n_query_blocks = 0
+    for i, ids in enumerate(requests):
+        if not ids:
+            continue
+        local = []
+        for hid in ids:
+            h = local_of.get(hid)
+            if h is None:
+                h = local_of[hid] = xxhash.xxh3_64_intdigest(hid.to_bytes(8, "little"), seed=1337)
+            local.append(h)
+        seq = compute_seq_hashes(local)
+        ops.append((True, local))
+        n_query_blocks += len(local)
+        if assign == "round-robin":
+            w = i % workers
+        else:
+            w = xxhash.xxh3_64_intdigest(repr(ids[:2]).encode()) % workers
+        cache = caches[w]
+        first_new = 0
+        while first_new < len(seq) and seq[first_new] in cache:
+            first_new += 1
+        for h in seq:
+            if h in cache:
+                cache.move_to_end(h)
+            else:
+                cache[h] = None
+        if first_new < len(seq):
+            parent = seq[first_new - 1] if first_new else None
+            blocks = [StoredBlock(seq[j], local[j]) for j in range(first_new, len(seq))]
+            ev = KvCacheEvent(event_ids[w], KvStored(parent, blocks))
+            event_ids[w] += 1
+            ops.append((False, RouterEvent(w, ev)))
+            n_stored += 1
+            n_blocks += len(blocks)
+        evicted = []
+        while len(cache) > capacity:
+            evicted.append(cache.popitem(last=False)[0])
+        if evicted:
+            ev = KvCacheEvent(event_ids[w], KvRemoved(evicted))
+            event_ids[w] += 1
+            ops.append((False, RouterEvent(w, ev)))
+            n_removed += 1
+            n_blocks_removed += len(evicted)
+    n_queries = sum(1 for q, _ in ops if q)
+    return Stream(ops, n_queries, n_stored, n_removed, n_blocks, n_blocks_removed, n_query_blocks)
+
+
+@dataclass
+class RunResult:
+    events_per_s: float
+    event_blocks_per_s: float
+    queries_per_s: float
+    total_ops_per_s: float
+    final_nodes: int
+    not_ok: int
+
+
+def one_run(stream: Stream) -> RunResult:
+    tree = RadixTree()
+    apply = tree.apply_event
+    find = tree.find_matches
+    clock = time.perf_counter_ns
+    t_events = 0
+    t_queries = 0
+    for is_query, payload in stream.ops:
+        if is_query:
+            t0 = clock()
+            find(payload)  # type: ignore[arg-type]
+            t_queries += clock() - t0
+        else:
+            t0 = clock()
+            apply(payload)  # type: ignore[arg-type]
+            t_events += clock() - t0
+    n_events = len(stream.ops) - stream.n_queries
+    not_ok = sum(n for (_, status), n in tree.event_counts.items() if status != "ok")
+    return RunResult(
+        events_per_s=n_events / (t_events / 1e9),
+        event_blocks_per_s=(stream.n_blocks_stored + stream.n_blocks_removed) / (t_events / 1e9),
+        queries_per_s=stream.n_queries / (t_queries / 1e9),
+        total_ops_per_s=len(stream.ops) / ((t_events + t_queries) / 1e9),
+        final_nodes=tree.num_nodes,
+        not_ok=not_ok,
+    )
+
+
+def compare_ai_dynamo() -> None:
+    # Hook for running the same stream through the reference implementation's indexer binding
+    # (ai-dynamo's RadixTree); not wired up yet.
+    print("compare ai-dynamo: not available")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--trace", default="conversation", help="conversation | synthetic | path to a JSONL trace"
+    )
+    ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--capacity", type=int, default=4096, help="blocks per simulated engine (LRU)")
+    ap.add_argument("--assign", choices=["prefix", "round-robin"], default="prefix")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N requests")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--compare", choices=["ai-dynamo"], default=None)
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    requests = load_trace(args.trace, args.limit)
+    stream = build_stream(requests, args.workers, args.capacity, args.assign)
+    build_s = time.perf_counter() - t0
+    print(
+        f"trace={args.trace} requests={stream.n_queries} workers={args.workers} capacity={args.capacity} "
+        f"assign={args.assign} | stored events={stream.n_stored} ({stream.n_blocks_stored} blocks) "
+        f"removed events={stream.n_removed} ({stream.n_blocks_removed} blocks) | query blocks={stream.n_query_blocks} | built in {build_s:.1f}s"
+    )
+    results = [one_run(stream) for _ in range(args.runs)]
+    rows = [
+        ("events applied/s", [r.events_per_s for r in results]),
+        ("event blocks/s", [r.event_blocks_per_s for r in results]),
+        ("find_matches/s", [r.queries_per_s for r in results]),
+        ("all ops/s", [r.total_ops_per_s for r in results]),
+    ]
+    print(f"{'metric':<20}{'median':>14}{'min':>14}{'max':>14}")
+    for name, values in rows:
+        print(f"{name:<20}{statistics.median(values):>14,.0f}{min(values):>14,.0f}{max(values):>14,.0f}")
+    last = results[-1]
+    print(f"final tree nodes={last.final_nodes} events not ok={last.not_ok}")
+    if args.compare == "ai-dynamo":
+        compare_ai_dynamo()
+
+
+if __name__ == "__main__":
+    main()

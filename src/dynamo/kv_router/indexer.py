@@ -1,0 +1,395 @@
+"""Event-driven radix-tree index of which worker holds which KV blocks (reference §2.3).
+
+The tree is keyed by *local* block hashes (``tokens_hash``) so that a request's prompt can be walked
+without knowing any engine's external hashes; each ``(worker_id, dp_rank)`` additionally has a lookup
+table from its own external block hash to the node, which is how ``stored``/``removed`` events find
+their place.
+
+Hot-path choices (CPython): worker membership of a node is an ``int`` bitmask over small per-worker slot
+numbers, so ``find_matches`` intersects sets with one ``&`` per level; a node is a plain 4-item list
+``[children, mask, parent, tokens_hash]`` (building one is several times cheaper than an object).
+
+Deviation from the reference, on purpose: when a node loses its last worker we keep its children
+attached (the reference clears them and can orphan descendants still held by other lookups). A node is
+freed as soon as no worker holds it and it has no children, pruning up the chain, so memory returns to
+the bare root once every worker has cleared. Match results are the same: a walk stops at a node no
+active worker holds either way.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from dynamo.kv_router.hashing import XXH3_SEED, compute_seq_hashes
+from dynamo.kv_router.protocols import (
+    KvCacheEvent,
+    KvCleared,
+    KvRemoved,
+    KvStored,
+    RouterEvent,
+    StoredBlock,
+)
+
+WorkerKey = tuple[int, int]
+"""``(worker_id, dp_rank)``: the unit the router schedules onto."""
+
+STATUS_OK = "ok"
+STATUS_PARENT_NOT_FOUND = "parent_block_not_found"
+STATUS_BLOCK_NOT_FOUND = "block_not_found"
+STATUS_INVALID_BLOCK = "invalid_block"
+
+
+@dataclass(slots=True)
+class OverlapScores:
+    """Per-``(worker_id, dp_rank)`` contiguous matched prefix depth, in blocks.
+
+    Workers that match no block are absent from ``scores``. ``tree_sizes`` holds the number of blocks
+    every known worker has in the index (the tie-breaker of the selector).
+    """
+
+    scores: dict[WorkerKey, int] = field(default_factory=dict)
+    tree_sizes: dict[WorkerKey, int] = field(default_factory=dict)
+
+
+_Node = list  # [children: dict[int, _Node], mask: int, parent: _Node | None, tokens_hash: int]
+_block_hash_of = operator.attrgetter("block_hash")
+_pair_of = operator.attrgetter("block_hash", "tokens_hash")
+
+
+class RadixTree:
+    """The prefix index fed by KV events. Not thread-safe; one owner applies events and answers queries."""
+
+    def __init__(self) -> None:
+        self._root: _Node = [{}, 0, None, 0]
+        self._num_nodes = 0  # excluding the root
+        self._lookup: dict[WorkerKey, dict[int, _Node]] = {}
+        self._slot: dict[WorkerKey, int] = {}
+        self._slot_keys: list[WorkerKey | None] = []
+        self._free_slots: list[int] = []
+        self._last_event_id: dict[WorkerKey, int] = {}
+        # Extra external hashes of a worker pointing at a node it already holds (only with inconsistent
+        # engine hashes): the worker keeps the node until the last of them is removed.
+        self._aliases: dict[WorkerKey, dict[int, int]] = {}  # keyed by id(node)
+        self.event_counts: Counter[tuple[str, str]] = Counter()
+        """``(event_type, status)`` → number of events applied (the ``kv_cache_events_applied`` metric)."""
+
+    # ---------------------------------------------------------------- worker bookkeeping
+
+    def _ensure_worker(self, key: WorkerKey) -> int:
+        slot = self._slot.get(key)
+        if slot is None:
+            if self._free_slots:
+                slot = self._free_slots.pop()
+                self._slot_keys[slot] = key
+            else:
+                slot = len(self._slot_keys)
+                self._slot_keys.append(key)
+            self._slot[key] = slot
+            self._lookup[key] = {}
+        return slot
+
+    def workers(self) -> list[WorkerKey]:
+        """Every ``(worker_id, dp_rank)`` the index knows (including ones cleared to zero blocks)."""
+        return list(self._lookup)
+
+    def num_blocks(self, worker_id: int, dp_rank: int | None = None) -> int:
+        """Blocks held by ``worker_id`` (one dp rank, or summed over all of them when ``dp_rank`` is None)."""
+        if dp_rank is not None:
+            table = self._lookup.get((worker_id, dp_rank))
+            return 0 if table is None else len(table)
+        return sum(len(t) for k, t in self._lookup.items() if k[0] == worker_id)
+
+    @property
+    def num_nodes(self) -> int:
+        """Tree nodes excluding the root (0 means the tree is back to its baseline)."""
+        return self._num_nodes
+
+    def last_event_id(self, worker_id: int, dp_rank: int = 0) -> int | None:
+        """Highest ``event_id`` applied for this ``(worker, dp_rank)``, or None if none was seen."""
+        return self._last_event_id.get((worker_id, dp_rank))
+
+    def detect_gap(self, worker_id: int, dp_rank: int, event_id: int) -> tuple[int, int] | None:
+        """The inclusive id range missing before ``event_id`` (to fetch from the worker), if any.
+
+        Nothing is recorded: call it before :meth:`apply_event`. Unknown workers have no gap (the caller
+        dumps the worker's whole tree when it first appears).
+        """
+        last = self._last_event_id.get((worker_id, dp_rank))
+        if last is None or event_id <= last + 1:
+            return None
+        return (last + 1, event_id - 1)
+
+    # ---------------------------------------------------------------- events
+
+    def apply_event(self, event: RouterEvent) -> str:
+        """Apply one KV event; returns its status (``ok`` or the error kind) and counts it.
+
+        Events are applied whatever their order; ordering is only tracked (see :meth:`detect_gap`).
+        """
+        ev = event.event
+        key = (event.worker_id, ev.dp_rank)
+        last = self._last_event_id.get(key)
+        if last is None or ev.event_id > last:
+            self._last_event_id[key] = ev.event_id
+        data = ev.data
+        if type(data) is KvStored:
+            blocks = data.blocks
+            status = self._store(
+                key, data.parent_hash, map(_pair_of, blocks), len(blocks), map(_block_hash_of, blocks)
+            )
+            kind = "stored"
+        elif type(data) is KvRemoved:
+            status = self.remove_blocks(key, data.block_hashes)
+            kind = "removed"
+        elif type(data) is KvCleared:
+            self.clear_worker(event.worker_id)
+            status = STATUS_OK
+            kind = "cleared"
+        else:  # pragma: no cover - the protocol union is closed
+            raise TypeError(f"unknown KV event data {data!r}")
+        self.event_counts[(kind, status)] += 1
+        return status
+
+    def store_blocks(self, key: WorkerKey, parent_hash: int | None, blocks: Sequence[tuple[int, int]]) -> str:
+        """Record that ``key`` holds a chain of ``(block_hash, tokens_hash)`` under ``parent_hash``.
+
+        All or nothing: an unknown parent or a chain that refers to itself rejects the whole event.
+        """
+        return self._store(key, parent_hash, blocks, len(blocks), (b[0] for b in blocks))
+
+    def _store(
+        self,
+        key: WorkerKey,
+        parent_hash: int | None,
+        pairs: Iterable[tuple[int, int]],
+        n_blocks: int,
+        block_hashes: Iterable[int],
+    ) -> str:
+        slot = self._ensure_worker(key)
+        table = self._lookup[key]
+        if parent_hash is None:
+            node = self._root
+        else:
+            found = table.get(parent_hash)
+            if found is None:
+                return STATUS_PARENT_NOT_FOUND
+            node = found
+        if n_blocks > 1 or parent_hash is not None:
+            hashes = set(block_hashes)
+            if len(hashes) != n_blocks or parent_hash in hashes:
+                return STATUS_INVALID_BLOCK
+        bit = 1 << slot
+        created = 0
+        for block_hash, tokens_hash in pairs:
+            children = node[0]
+            child = children.get(tokens_hash)
+            if child is None:
+                child = children[tokens_hash] = [{}, bit, node, tokens_hash]
+                created += 1
+                previous = table.get(block_hash)
+                table[block_hash] = child
+                if previous is not None:
+                    self._release(key, previous, bit)
+                node = child
+                continue
+            previous = table.get(block_hash)
+            if previous is not child:
+                if child[1] & bit:
+                    aliases = self._aliases.setdefault(key, {})
+                    aliases[id(child)] = aliases.get(id(child), 0) + 1
+                else:
+                    child[1] |= bit
+                table[block_hash] = child
+                if previous is not None:
+                    # The worker re-stored this hash elsewhere (inconsistent engine hashes): it no
+                    # longer holds the old position through this hash.
+                    self._release(key, previous, bit)
+            node = child
+        self._num_nodes += created
+        return STATUS_OK
+
+    def remove_blocks(self, key: WorkerKey, block_hashes: Sequence[int]) -> str:
+        """Forget blocks of ``key``; unknown hashes are skipped and reported. Never cascades."""
+        table = self._lookup.get(key)
+        if table is None:
+            return STATUS_BLOCK_NOT_FOUND if block_hashes else STATUS_OK
+        bit = 1 << self._slot[key]
+        status = STATUS_OK
+        pop = table.pop
+        for block_hash in block_hashes:
+            node = pop(block_hash, None)
+            if node is None:
+                status = STATUS_BLOCK_NOT_FOUND
+                continue
+            self._release(key, node, bit)
+        return status
+
+    def _release(self, key: WorkerKey, node: _Node, bit: int) -> None:
+        aliases = self._aliases.get(key)
+        if aliases:
+            extra = aliases.get(id(node))
+            if extra:
+                if extra == 1:
+                    del aliases[id(node)]
+                else:
+                    aliases[id(node)] = extra - 1
+                return
+        self._drop_membership(node, bit)
+
+    def _drop_membership(self, node: _Node, bit: int) -> None:
+        node[1] &= ~bit
+        while node[1] == 0 and not node[0]:
+            parent = node[2]
+            if parent is None:  # the root, or a node already freed
+                return
+            del parent[0][node[3]]
+            node[2] = None
+            self._num_nodes -= 1
+            node = parent
+
+    def clear_worker(self, worker_id: int) -> None:
+        """``cleared``: drop every block of ``worker_id`` on all dp ranks, keeping the worker known."""
+        for key in [k for k in self._lookup if k[0] == worker_id]:
+            self._drop_all(key)
+
+    def remove_worker(self, worker_id: int) -> None:
+        """The worker left: drop its blocks and forget it entirely (all dp ranks)."""
+        for key in [k for k in self._lookup if k[0] == worker_id]:
+            self._drop_all(key)
+            del self._lookup[key]
+            slot = self._slot.pop(key)
+            self._slot_keys[slot] = None
+            self._free_slots.append(slot)
+            self._last_event_id.pop(key, None)
+            self._aliases.pop(key, None)
+
+    def _drop_all(self, key: WorkerKey) -> None:
+        table = self._lookup[key]
+        bit = 1 << self._slot[key]
+        self._aliases.pop(key, None)
+        for node in table.values():
+            self._drop_membership(node, bit)
+        table.clear()
+
+    # ---------------------------------------------------------------- queries
+
+    def find_matches(self, local_hashes: Sequence[int], early_exit: bool = False) -> OverlapScores:
+        """Contiguous prefix depth matched by each worker for a request's local block hashes.
+
+        A worker that is missing at some level drops out with the depth reached so far and never
+        re-joins deeper down. With ``early_exit`` the walk stops as soon as a single worker remains,
+        so that worker's score is a lower bound (enough to know who wins the prefix race).
+        """
+        scores: dict[WorkerKey, int] = {}
+        slot_keys = self._slot_keys
+        children = self._root[0]
+        active = 0
+        depth = 0
+        for h in local_hashes:
+            child = children.get(h)
+            if child is None:
+                break
+            mask = child[1]
+            if depth == 0:
+                active = mask
+            elif mask & active != active:
+                dropped = active & ~mask
+                active &= mask
+                while dropped:
+                    low = dropped & -dropped
+                    scores[slot_keys[low.bit_length() - 1]] = depth  # type: ignore[index]
+                    dropped ^= low
+            if not active:
+                break
+            depth += 1
+            if early_exit and active & (active - 1) == 0:
+                break
+            children = child[0]
+        while active:
+            low = active & -active
+            scores[slot_keys[low.bit_length() - 1]] = depth  # type: ignore[index]
+            active ^= low
+        return OverlapScores(scores, {k: len(t) for k, t in self._lookup.items()})
+
+    # ---------------------------------------------------------------- snapshots
+
+    def dump_events(self) -> list[RouterEvent]:
+        """Stored (and, rarely, removed) events that rebuild this index in an empty :class:`RadixTree`.
+
+        Blocks are emitted parents first. Because removals do not cascade, a worker can hold a block
+        whose ancestors it no longer holds; such ancestors are stored under synthetic hashes and removed
+        again at the end so that the rebuilt tree has the same shape and membership.
+        """
+        out: list[RouterEvent] = []
+        root = self._root
+        depth_cache: dict[int, int] = {id(root): 0}
+
+        def depth_of(node: _Node) -> int:
+            chain: list[_Node] = []
+            cur: _Node | None = node
+            while cur is not None and id(cur) not in depth_cache:
+                chain.append(cur)
+                cur = cur[2]
+            d = depth_cache[id(cur)] if cur is not None else 0
+            for n in reversed(chain):
+                d += 1
+                depth_cache[id(n)] = d
+            return depth_cache[id(node)]
+
+        for key, table in self._lookup.items():
+            bit = 1 << self._slot[key]
+            own: dict[int, int] = {}
+            aliases: list[tuple[_Node, int]] = []
+            for block_hash, node in table.items():
+                if node[1] & bit:
+                    if id(node) in own:
+                        aliases.append((node, block_hash))
+                    else:
+                        own[id(node)] = block_hash
+            held = [table[h] for h in own.values()]
+            held.sort(key=depth_of)
+            used_hashes = set(table)
+            synthetic: list[int] = []
+            events: list[KvStored | KvRemoved] = []
+            for node in held:
+                parent = node[2]
+                assert parent is not None
+                if parent is not root and id(parent) not in own:
+                    # Bridge the gap with synthetic blocks for the ancestors the worker lost.
+                    missing: list[_Node] = []
+                    cur = parent
+                    while cur is not root and id(cur) not in own:
+                        missing.append(cur)
+                        assert cur[2] is not None
+                        cur = cur[2]
+                    anchor = None if cur is root else own[id(cur)]
+                    missing.reverse()
+                    bridge: list[StoredBlock] = []
+                    for n, h in zip(
+                        missing, compute_seq_hashes([n[3] for n in missing], parent=anchor), strict=True
+                    ):
+                        while h in used_hashes:
+                            h = (h * 0x9E3779B97F4A7C15 + XXH3_SEED) & 0xFFFFFFFFFFFFFFFF
+                        used_hashes.add(h)
+                        own[id(n)] = h
+                        synthetic.append(h)
+                        bridge.append(StoredBlock(h, n[3]))
+                    events.append(KvStored(parent_hash=anchor, blocks=bridge))
+                parent_hash = None if parent is root else own[id(parent)]
+                events.append(KvStored(parent_hash=parent_hash, blocks=[StoredBlock(own[id(node)], node[3])]))
+            for node, block_hash in aliases:
+                parent = node[2]
+                assert parent is not None
+                parent_hash = None if parent is root else own[id(parent)]
+                events.append(KvStored(parent_hash=parent_hash, blocks=[StoredBlock(block_hash, node[3])]))
+            if synthetic:
+                events.append(KvRemoved(block_hashes=synthetic))
+            worker_id, dp_rank = key
+            out.extend(
+                RouterEvent(worker_id=worker_id, event=KvCacheEvent(event_id=i, data=d, dp_rank=dp_rank))
+                for i, d in enumerate(events)
+            )
+        return out

@@ -1,0 +1,177 @@
+"""Which ``(worker, dp_rank)`` gets a request: the KV router's cost function (reference §2.4).
+
+For every candidate::
+
+    prefill_blocks = potential_prefill_tokens / block_size        (a float: never rounded)
+    logit          = overlap_score_weight * prefill_blocks + potential_decode_blocks
+
+Lower is better. Temperature 0 picks the minimum (ties → smallest tree size → uniform random);
+temperature T > 0 samples ``p_i ∝ exp(−logit_i / ((max − min)·T))`` (uniform when all logits are equal).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from dynamo.kv_router.indexer import OverlapScores, WorkerKey
+from dynamo.llm.protocols.model_card import RuntimeConfig
+from dynamo.runtime.errors import Unavailable
+
+
+@dataclass(slots=True, frozen=True)
+class CandidateCost:
+    """The cost terms of one candidate (what a debug header shows to explain a decision)."""
+
+    worker_id: int
+    dp_rank: int
+    overlap_blocks: int
+    prefill_tokens: float
+    prefill_blocks: float
+    decode_blocks: float
+    logit: float
+    tree_size: int
+
+
+@dataclass(slots=True, frozen=True)
+class Selection:
+    """The routing decision: where to send the request and why."""
+
+    worker_id: int
+    dp_rank: int
+    overlap_blocks: int
+    required_blocks: int
+    """``ceil(isl / block_size)``."""
+    candidates: list[CandidateCost] = field(default_factory=list)
+    """Best candidates first (at most ``top_k`` of them); the chosen one is always included."""
+
+    @property
+    def worker(self) -> WorkerKey:
+        return (self.worker_id, self.dp_rank)
+
+
+def candidates_from_configs(configs: Mapping[int, RuntimeConfig | None]) -> list[WorkerKey]:
+    """Every ``(worker_id, dp_rank)`` over ``dp_start .. dp_start + dp_size`` of workers with a config.
+
+    Workers whose runtime config is not known yet (None) are not routable in KV mode.
+    """
+    out: list[WorkerKey] = []
+    for worker_id, cfg in configs.items():
+        if cfg is None:
+            continue
+        start = cfg.data_parallel_start_rank
+        out.extend((worker_id, start + r) for r in range(max(1, cfg.data_parallel_size)))
+    return out
+
+
+def compute_costs(
+    candidates: Sequence[WorkerKey],
+    isl: int,
+    block_size: int,
+    overlaps: OverlapScores,
+    potential_prefill_tokens: Mapping[WorkerKey, float],
+    potential_decode_blocks: Mapping[WorkerKey, float],
+    overlap_score_weight: float = 1.0,
+    track_prefill_tokens: bool = True,
+) -> list[CandidateCost]:
+    """Cost terms of every candidate, in candidate order.
+
+    A worker missing from the prefill projection is assumed to have to prefill the whole prompt
+    (``isl``; 0 when prefill tracking is off); one missing from the decode projection falls back to
+    ``floor(prefill_blocks)``.
+    """
+    scores = overlaps.scores
+    sizes = overlaps.tree_sizes
+    default_prefill = float(isl) if track_prefill_tokens else 0.0
+    out: list[CandidateCost] = []
+    for key in candidates:
+        prefill_tokens = float(potential_prefill_tokens.get(key, default_prefill))
+        prefill_blocks = prefill_tokens / block_size
+        decode = potential_decode_blocks.get(key)
+        decode_blocks = float(math.floor(prefill_blocks) if decode is None else decode)
+        out.append(
+            CandidateCost(
+                worker_id=key[0],
+                dp_rank=key[1],
+                overlap_blocks=scores.get(key, 0),
+                prefill_tokens=prefill_tokens,
+                prefill_blocks=prefill_blocks,
+                decode_blocks=decode_blocks,
+                logit=overlap_score_weight * prefill_blocks + decode_blocks,
+                tree_size=sizes.get(key, 0),
+            )
+        )
+    return out
+
+
+def choose(costs: Sequence[CandidateCost], temperature: float, rng: random.Random) -> CandidateCost:
+    """Pick one candidate from its logit (see the module docstring)."""
+    if not costs:
+        raise Unavailable("no workers with a known runtime config to route to")
+    if temperature <= 0.0:
+        best = min(c.logit for c in costs)
+        tied = [c for c in costs if c.logit == best]
+        if len(tied) > 1:
+            smallest = min(c.tree_size for c in tied)
+            tied = [c for c in tied if c.tree_size == smallest]
+        return tied[0] if len(tied) == 1 else rng.choice(tied)
+    lo = min(c.logit for c in costs)
+    hi = max(c.logit for c in costs)
+    if hi == lo:
+        return rng.choice(list(costs))
+    scale = (hi - lo) * temperature
+    # Shifting by the minimum leaves the softmax unchanged and keeps exp() from underflowing to 0 for all.
+    weights = [math.exp(-(c.logit - lo) / scale) for c in costs]
+    target = rng.random() * sum(weights)
+    acc = 0.0
+    for c, w in zip(costs, weights, strict=True):
+        acc += w
+        if target < acc:
+            return c
+    return costs[-1]
+
+
+class WorkerSelector:
+    """Stateless apart from its random source (injectable so decisions are reproducible in tests)."""
+
+    def __init__(self, rng: random.Random | None = None, top_k: int = 4) -> None:
+        self.rng = rng or random.Random()
+        self.top_k = top_k
+
+    def select(
+        self,
+        candidates: Sequence[WorkerKey],
+        isl: int,
+        block_size: int,
+        overlaps: OverlapScores,
+        potential_prefill_tokens: Mapping[WorkerKey, float],
+        potential_decode_blocks: Mapping[WorkerKey, float],
+        *,
+        overlap_score_weight: float = 1.0,
+        temperature: float = 0.0,
+        track_prefill_tokens: bool = True,
+    ) -> Selection:
+        """Choose a candidate; raises :class:`Unavailable` when there is none."""
+        costs = compute_costs(
+            candidates,
+            isl,
+            block_size,
+            overlaps,
+            potential_prefill_tokens,
+            potential_decode_blocks,
+            overlap_score_weight,
+            track_prefill_tokens,
+        )
+        chosen = choose(costs, temperature, self.rng)
+        ranked = sorted(costs, key=lambda c: (c.logit, c.tree_size))[: self.top_k]
+        if chosen not in ranked:
+            ranked[-1:] = [chosen]
+        return Selection(
+            worker_id=chosen.worker_id,
+            dp_rank=chosen.dp_rank,
+            overlap_blocks=chosen.overlap_blocks,
+            required_blocks=-(-isl // block_size),
+            candidates=ranked,
+        )
