@@ -102,3 +102,46 @@ def test_make_run_serves_a_request(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_busy_workers_get_503_and_rejections_are_counted():
+    dep = new_deployment()
+    try:
+        dep.mocker("--num-gpu-blocks-override", "64", "--block-size", "4", "--speedup-ratio", "0.5")
+        dep.start_frontend("--active-decode-blocks-threshold", "0.2")
+        dep.wait_models({"Qwen3-0.6B"})
+        status, body = dep.get("/busy_threshold")
+        assert status == 200 and body["thresholds"][0]["active_decode_blocks_threshold"] == 0.2
+
+        def post(max_tokens: int) -> int:
+            r = httpx.post(dep.url + "/v1/completions", timeout=120,
+                           json={"model": "Qwen3-0.6B", "prompt": [7] * 60, "max_tokens": max_tokens})
+            return r.status_code
+
+        def kv_used() -> float:
+            text = httpx.get(dep.url + "/metrics", timeout=5).text
+            vals = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                    if ln.startswith("dynamo_frontend_worker_kv_used_blocks{")]
+            return max(vals, default=0.0)
+
+        import concurrent.futures
+
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        # One long request holds 15 of the worker's 64 blocks: above the 0.2 threshold.
+        long_one = pool.submit(post, 150)
+        wait_for(lambda: kv_used() > 0.2 * 64, 30, what="the worker to report its KV usage")
+        assert post(5) == 503
+        metrics = httpx.get(dep.url + "/metrics", timeout=5).text
+        line = next(ln for ln in metrics.splitlines() if ln.startswith("dynamo_frontend_model_rejection_total"))
+        assert float(line.rsplit(" ", 1)[1]) >= 1
+
+        # Raising the threshold through the API lets traffic through again.
+        r = httpx.post(dep.url + "/busy_threshold", json={"model": "Qwen3-0.6B",
+                                                           "active_decode_blocks_threshold": None}, timeout=5)
+        assert r.status_code == 200 and r.json()["active_decode_blocks_threshold"] is None
+        assert post(5) == 200
+        assert httpx.post(dep.url + "/busy_threshold", content=b"nope", timeout=5).status_code == 400
+        assert long_one.result(timeout=120) == 200
+        pool.shutdown()
+    finally:
+        dep.close()

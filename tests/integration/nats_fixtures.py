@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import free_port
+
 READY_TIMEOUT_SECS = 15.0
 STOP_TIMEOUT_SECS = 10.0
 
@@ -33,12 +35,6 @@ def find_nats_server() -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NatsServer:

@@ -29,13 +29,13 @@ async def test_round_robin_and_removal_on_mem_store():
         counts = collections.Counter()
         for i in range(100):
             stream = await client.round_robin({"k": i})
-            (item,) = [x async for x in stream]
+            item = await anext(aiter(stream))
             assert item["echo"] == {"k": i}
             counts[item["instance"]] += 1
         assert sorted(counts.values()) == [50, 50] and set(counts) == set(ids)
 
         stream = await client.direct({"k": "d"}, ids[1])
-        assert [x async for x in stream][0]["instance"] == ids[1]
+        assert (await anext(aiter(stream)))["instance"] == ids[1]
         with pytest.raises(errors.NotFound):
             await client.direct({}, 12345)
 
@@ -43,7 +43,7 @@ async def test_round_robin_and_removal_on_mem_store():
         await async_wait_for(lambda: client.instance_ids() == [workers[1].instance_id], 5, what="removal")
         for _ in range(10):
             stream = await client.random({})
-            assert [x async for x in stream][0]["instance"] == workers[1].instance_id
+            assert (await anext(aiter(stream)))["instance"] == workers[1].instance_id
     finally:
         for rt in [*workers, client_rt]:
             await rt.shutdown(grace_period=0)

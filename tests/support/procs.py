@@ -19,9 +19,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range.
+
+    Ports handed out by ``bind(0)`` come from the ephemeral range, where any process binding port 0
+    (our own request-plane servers do) may grab the same port before the test's server starts.
+    """
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 30999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-30999")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,

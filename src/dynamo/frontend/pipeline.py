@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 
 from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.kv_router.protocols import ActiveLoad
+from dynamo.llm.busy import BusyMonitor, BusyThresholds
 from dynamo.llm.model_manager import WorkerSet
 from dynamo.llm.postprocessor.stop import StepResult, StopChecker
 from dynamo.llm.preprocessor.request import OpenAIPreprocessor, PreprocessResult
@@ -36,6 +38,7 @@ class PipelineOptions:
     migration_limit: int = 0
     migration_max_seq_len: int | None = None
     stream_stall_timeout: float | None = None
+    busy: BusyThresholds | None = None
 
 
 class ModelEngine:
@@ -50,6 +53,17 @@ class ModelEngine:
         self.options = options
         # A worker may ask for migration in its card; the frontend honours the larger limit.
         self.migration_limit = max(options.migration_limit, ws.card.migration_limit)
+        self.monitor = BusyMonitor(options.busy)
+        if hasattr(router, "busy"):
+            router.busy = self.monitor.busy_workers()
+
+    def observe_load(self, load: ActiveLoad) -> None:
+        rc = self.ws.card.runtime_config
+        self.monitor.add_worker(load.worker_id, rc.total_kv_blocks, rc.max_num_batched_tokens,
+                                rc.data_parallel_size)
+        self.monitor.update(load.worker_id, load.dp_rank, kv_used_blocks=load.kv_used_blocks,
+                            active_decode_blocks=load.active_decode_blocks,
+                            active_prefill_tokens=load.active_prefill_tokens)
 
     @classmethod
     async def build(cls, ws: WorkerSet, metrics: FrontendMetrics, options: PipelineOptions,

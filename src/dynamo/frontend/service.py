@@ -12,6 +12,8 @@ import uvicorn
 
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.http.app import FrontendApp
+from dynamo.frontend.load_watcher import LoadWatcher
+from dynamo.llm.busy import BusyThresholds
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.pipeline import ModelEngine, PipelineOptions
 from dynamo.llm.model_manager import ModelManager, WorkerSet
@@ -26,33 +28,45 @@ class Frontend:
     manager: ModelManager
     metrics: FrontendMetrics
     app: FrontendApp
+    loads: LoadWatcher
 
     async def close(self) -> None:
+        await self.loads.close()
         await self.manager.close()
 
 
 async def build_frontend(config: FrontendConfig, runtime: DistributedRuntime) -> Frontend:
     metrics = FrontendMetrics(config.metrics_prefix)
+    thresholds = BusyThresholds(config.active_decode_blocks_threshold, config.active_prefill_tokens_threshold,
+                                config.active_prefill_tokens_threshold_frac)
     options = PipelineOptions(
+        busy=thresholds,
         router_mode=config.router_mode,
         migration_limit=config.migration_limit,
         migration_max_seq_len=config.migration_max_seq_len,
         stream_stall_timeout=config.stream_stall_timeout,
     )
 
+    loads: LoadWatcher | None = None
+
     async def engine_factory(ws: WorkerSet) -> ModelEngine:
-        return await ModelEngine.build(ws, metrics, options, custom_template=config.custom_jinja_template)
+        opts = options
+        if loads is not None and ws.model in loads.per_model:
+            opts = PipelineOptions(**{**options.__dict__, "busy": loads.per_model[ws.model]})
+        return await ModelEngine.build(ws, metrics, opts, custom_template=config.custom_jinja_template)
 
     manager = ModelManager(runtime, engine_factory, namespace=config.model_filter_namespace)
-    await manager.start()
 
     def update_model_gauges() -> None:
         for name, sets in manager.sets.items():
             metrics.model_workers.labels(name).set(sum(len(ws.instances) for ws in sets.values()))
 
     manager.on_change.append(update_model_gauges)
-    app = FrontendApp(manager, metrics)
-    return Frontend(runtime, manager, metrics, app)
+    loads = LoadWatcher(runtime, manager, metrics, thresholds)
+    manager.on_change.append(loads.on_models_changed)
+    app = FrontendApp(manager, metrics, busy=loads)
+    await manager.start()
+    return Frontend(runtime, manager, metrics, app, loads)
 
 
 async def serve_http(config: FrontendConfig, frontend: Frontend) -> None:

@@ -54,6 +54,8 @@ class PushRouter:
             raise errors.Unavailable("no workers available for this model")
         ids = self._free(ids)
         mode = self.mode
+        if mode == "direct":
+            raise errors.InvalidArgument("router mode 'direct' needs the x-worker-instance-id header")
         if mode == "random":
             return self._rng.choice(ids)
         if mode == "power-of-two":

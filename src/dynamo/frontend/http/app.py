@@ -200,7 +200,8 @@ class FrontendApp:
         queued = True
         request_type = "stream" if stream_mode else "unary"
         status, error_type = "success", ""
-        streams = [engine.choice_stream(p) for p in pres]
+        instance_id = _direct_instance(scope)
+        streams = [engine.choice_stream(p, instance_id) for p in pres]
         merged = merge_streams(streams)
         completion_tokens = [0] * len(pres)
         watcher: asyncio.Task[None] | None = None
@@ -371,6 +372,18 @@ class FrontendApp:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise HttpError(400, "body must be an object with a 'model' string", "model")
         await send_json(send, 200, self.busy.update(body))
+
+
+def _direct_instance(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-worker-instance-id":
+            text = value.decode("latin-1").strip()
+            try:
+                return int(text, 16) if text.lower().startswith("0x") or not text.isdigit() else int(text)
+            except ValueError:
+                raise HttpError(400, f"x-worker-instance-id {text!r} is not an instance id",
+                                "x-worker-instance-id") from None
+    return None
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> None:
