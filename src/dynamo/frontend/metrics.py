@@ -37,6 +37,7 @@ class FrontendMetrics:
         p = prefix or os.environ.get("DYN_METRICS_PREFIX") or "dynamo_frontend"
         self.prefix = p
         self.registry = reg = CollectorRegistry()
+        self._per_model: dict[str, ModelMetrics] = {}
         m = ["model"]
         self.requests = Counter(f"{p}_requests", "HTTP requests by outcome",
                                 ["model", "endpoint", "request_type", "status", "error_type"], registry=reg)
@@ -82,5 +83,27 @@ class FrontendMetrics:
         self.worker_kv_used_blocks = Gauge(f"{p}_worker_kv_used_blocks", "KV blocks used (worker report)",
                                            ["worker_id", "dp_rank"], registry=reg)
 
+    def for_model(self, model: str) -> ModelMetrics:
+        """Label children for one model, looked up once instead of on every token."""
+        cached = self._per_model.get(model)
+        if cached is None:
+            cached = self._per_model[model] = ModelMetrics(self, model)
+        return cached
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    __slots__ = ("cancellations", "duration", "inflight", "isl", "itl", "osl", "output_tokens", "queued", "ttft")
+
+    def __init__(self, m: FrontendMetrics, model: str) -> None:
+        self.inflight = m.inflight.labels(model)
+        self.queued = m.queued.labels(model)
+        self.duration = m.duration.labels(model)
+        self.isl = m.isl.labels(model)
+        self.osl = m.osl.labels(model)
+        self.output_tokens = m.output_tokens.labels(model)
+        self.ttft = m.ttft.labels(model)
+        self.itl = m.itl.labels(model)
+        self.cancellations = m.cancellations.labels(model)

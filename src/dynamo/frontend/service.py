@@ -13,9 +13,9 @@ import uvicorn
 from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.http.app import FrontendApp
 from dynamo.frontend.load_watcher import LoadWatcher
-from dynamo.llm.busy import BusyThresholds
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.pipeline import ModelEngine, PipelineOptions
+from dynamo.llm.busy import BusyThresholds
 from dynamo.llm.model_manager import ModelManager, WorkerSet
 from dynamo.runtime import DistributedRuntime
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from dynamo.llm.protocols.engine import LLMEngineOutput
+from dynamo.llm.protocols.engine import LLMEngineOutput, merge_outputs
 from dynamo.llm.protocols.model_card import ModelDeploymentCard
 from dynamo.runtime import errors
 from dynamo.runtime.client import Client
@@ -156,7 +156,7 @@ class ModelManager:
     async def _client(self, ep: tuple[str, str, str]) -> Client:
         client = self._clients.get(ep)
         if client is None:
-            client = await self.runtime.namespace(ep[0]).component(ep[1]).endpoint(ep[2]).client(LLMEngineOutput)
+            client = await self.runtime.namespace(ep[0]).component(ep[1]).endpoint(ep[2]).client(LLMEngineOutput, merge_outputs)
             self._clients[ep] = client
         return client
 

@@ -35,7 +35,8 @@ def endpoint_path(instance: registry.Instance) -> str:
 
 
 class Client:
-    def __init__(self, endpoint: Endpoint, response_type: type | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, response_type: type | None = None,
+                 merge: Callable[[Any, Any], Any] | None = None) -> None:
         self.endpoint = endpoint
         self._runtime = endpoint.runtime
         self._instances: dict[int, registry.Instance] = {}
@@ -46,6 +47,7 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._listeners: list[Callable[[str, registry.Instance], None]] = []
+        self._merge = merge
         self._decode = (
             msgspec.msgpack.Decoder(response_type).decode if response_type is not None
             else msgspec.msgpack.Decoder().decode
@@ -172,7 +174,7 @@ class Client:
             raise errors.NotFound(f"instance {instance_id:x} of {self.endpoint.url} not found")
         try:
             return await self._runtime.tcp_client.request(
-                inst.address, endpoint_path(inst), request, headers, self._decode
+                inst.address, endpoint_path(inst), request, headers, self._decode, self._merge
             )
         except (errors.CannotConnect, errors.Disconnected, errors.ConnectionTimeout):
             self.report_instance_down(instance_id)

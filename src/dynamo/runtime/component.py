@@ -140,8 +140,10 @@ class Endpoint:
         entry = registry.ModelEntry(self.namespace, self.component, self.name, iid, card_obj)
         await self.runtime.store.put(self.model_key(iid), registry.encode(entry))
 
-    async def client(self, response_type: type | None = None) -> Client:
-        client = Client(self, response_type)
+    async def client(self, response_type: type | None = None,
+                     merge: Callable[[Any, Any], Any] | None = None) -> Client:
+        """``merge(a, b)`` may fold consecutive response items into one when the consumer lags."""
+        client = Client(self, response_type, merge)
         await client.start()
         return client
 

@@ -189,20 +189,21 @@ class FrontendApp:
                      req: Any, pres: list[Any], *, chat: bool, rid: str) -> None:
         m = self.metrics
         model = engine.model
+        mm = m.for_model(model)
         stream_mode = bool(req.stream)
         include_usage = stream_mode and bool(req.stream_options and req.stream_options.include_usage)
         created = int(time.time())
         cid = oai.chat_completion_id(rid) if chat else oai.completion_id(rid)
         prompt_tokens = sum(p.prompt_tokens for p in pres[:: (req.n or 1)])
         start = time.perf_counter()
-        m.inflight.labels(model).inc()
-        m.queued.labels(model).inc()
+        mm.inflight.inc()
+        mm.queued.inc()
         queued = True
         request_type = "stream" if stream_mode else "unary"
         status, error_type = "success", ""
         instance_id = _direct_instance(scope)
         streams = [engine.choice_stream(p, instance_id) for p in pres]
-        merged = merge_streams(streams)
+        merged = merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
         completion_tokens = [0] * len(pres)
         watcher: asyncio.Task[None] | None = None
         if stream_mode:
@@ -218,12 +219,12 @@ class FrontendApp:
                 now = time.perf_counter()
                 if res.num_tokens:
                     if first:
-                        m.ttft.labels(model).observe(now - start)
-                        m.queued.labels(model).dec()
+                        mm.ttft.observe(now - start)
+                        mm.queued.dec()
                         queued = False
                         first = False
                     else:
-                        m.itl.labels(model).observe((now - last_t) / res.num_tokens)
+                        mm.itl.observe((now - last_t) / res.num_tokens)
                     last_t = now
                     completion_tokens[i] += res.num_tokens
                 if not stream_mode:
@@ -277,13 +278,13 @@ class FrontendApp:
                         choices.append(c)
                     payload = oai.completion_response(cid, model, created, choices, usage)
                 await send_json(send, 200, payload)
-            m.isl.labels(model).observe(prompt_tokens)
-            m.osl.labels(model).observe(total)
-            m.output_tokens.labels(model).inc(total)
+            mm.isl.observe(prompt_tokens)
+            mm.osl.observe(total)
+            mm.output_tokens.inc(total)
         except asyncio.CancelledError:
             status, error_type = "error", "cancelled"
             m.disconnected.inc()
-            m.cancellations.labels(model).inc()
+            mm.cancellations.inc()
             # The client went away: swallow the cancellation; the finally block stops the workers.
             task = asyncio.current_task()
             if task is not None and hasattr(task, "uncancel"):
@@ -308,9 +309,9 @@ class FrontendApp:
             for s in streams:
                 await s.aclose()
             if queued:
-                m.queued.labels(model).dec()
-            m.inflight.labels(model).dec()
-            m.duration.labels(model).observe(time.perf_counter() - start)
+                mm.queued.dec()
+            mm.inflight.dec()
+            mm.duration.observe(time.perf_counter() - start)
             m.requests.labels(model, endpoint, request_type, status, error_type).inc()
 
     async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -372,6 +373,11 @@ class FrontendApp:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise HttpError(400, "body must be an object with a 'model' string", "model")
         await send_json(send, 200, self.busy.update(body))
+
+
+async def _indexed(stream: Any) -> Any:
+    async for item in stream:
+        yield 0, item
 
 
 def _direct_instance(scope: Scope) -> int | None:

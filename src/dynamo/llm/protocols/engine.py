@@ -83,3 +83,17 @@ class LLMEngineOutput(msgspec.Struct, omit_defaults=True):
     disaggregated_params: Any = None
     completion_usage: CompletionUsage | None = None
     extra_args: dict[str, Any] | None = None
+
+
+def merge_outputs(a: LLMEngineOutput, b: LLMEngineOutput) -> LLMEngineOutput | None:
+    """Fold ``b`` into ``a`` when ``a`` carries nothing but token ids (the common case).
+
+    Lets a consumer that fell behind process a burst of items as one: fewer detokenizer steps,
+    fewer SSE writes. Returns None when the two cannot be combined losslessly.
+    """
+    if (a.finish_reason is not None or a.text is not None or a.log_probs is not None or a.index != b.index
+            or a.completion_usage is not None or a.extra_args is not None or a.disaggregated_params is not None
+            or a.cum_log_probs is not None or b.text is not None or b.log_probs is not None):
+        return None
+    b.token_ids = a.token_ids + b.token_ids
+    return b

@@ -285,12 +285,16 @@ class TcpServer:
 class ResponseStream:
     """The items of one request's response; iterate with ``async for``; ``cancel()`` to abandon."""
 
-    __slots__ = ("_ack", "_conn", "_decode", "_done", "_error", "_items", "_waiter", "cancelled", "sid")
+    __slots__ = ("_ack", "_conn", "_decode", "_done", "_error", "_items", "_merge", "_peeked", "_waiter",
+                 "cancelled", "sid")
 
-    def __init__(self, conn: _ClientConnection, sid: int, decode: Callable[[bytes], Any]) -> None:
+    def __init__(self, conn: _ClientConnection, sid: int, decode: Callable[[bytes], Any],
+                 merge: Callable[[Any, Any], Any] | None = None) -> None:
         self._conn = conn
         self.sid = sid
         self._decode = decode
+        self._merge = merge
+        self._peeked: Any = None
         self._items: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -334,9 +338,25 @@ class ResponseStream:
 
     async def __anext__(self) -> Any:
         while True:
-            if self._items:
-                raw = self._items.popleft()
-                return self._decode(raw)
+            if self._peeked is not None:
+                item, self._peeked = self._peeked, None
+            elif self._items:
+                item = self._decode(self._items.popleft())
+            else:
+                item = None
+            if item is not None:
+                merge = self._merge
+                if merge is not None:
+                    # Items that piled up while the consumer was busy are handed over as one.
+                    items = self._items
+                    while items:
+                        nxt = self._decode(items.popleft())
+                        merged = merge(item, nxt)
+                        if merged is None:
+                            self._peeked = nxt
+                            break
+                        item = merged
+                return item
             if self._done:
                 if self._error is not None and not self.cancelled:
                     err, self._error = self._error, None
@@ -398,12 +418,13 @@ class _ClientConnection(asyncio.Protocol):
             self.transport.write(encode_frame(frame))
 
     def open_stream(self, path: str, body: msgspec.Raw, headers: dict[str, str] | None,
-                    decode: Callable[[bytes], Any]) -> ResponseStream:
+                    decode: Callable[[bytes], Any], merge: Callable[[Any, Any], Any] | None = None,
+                    ) -> ResponseStream:
         if self.closed:
             raise errors.Disconnected(f"connection to {self.address} lost")
         sid = self._next_sid
         self._next_sid += 1
-        stream = ResponseStream(self, sid, decode)
+        stream = ResponseStream(self, sid, decode, merge)
         self.streams[sid] = stream
         self.send(Frame(REQ, sid, ep=path, headers=headers, body=body))
         return stream
@@ -463,11 +484,12 @@ class TcpClient:
         body: Any,
         headers: dict[str, str] | None = None,
         decode: Callable[[bytes], Any] = _generic_decode,
+        merge: Callable[[Any, Any], Any] | None = None,
     ) -> ResponseStream:
         """Send a request and wait for its acknowledgement; the returned stream yields response items."""
         conn = await self._connection(address)
         raw = body if isinstance(body, msgspec.Raw) else encode_body(body)
-        stream = conn.open_stream(path, raw, headers, decode)
+        stream = conn.open_stream(path, raw, headers, decode, merge)
         try:
             await asyncio.wait_for(asyncio.shield(stream._ack), self.ack_timeout)
         except asyncio.TimeoutError as exc:
