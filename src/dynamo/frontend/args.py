@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from dynamo.common.configuration import (
     ArgGroup,
@@ -13,7 +14,12 @@ from dynamo.common.configuration import (
     nullable_float,
     nullable_int,
 )
-from dynamo.common.configuration.groups import RuntimeArgGroup, RuntimeConfig
+from dynamo.common.configuration.groups import (
+    KvRouterArgGroup,
+    RuntimeArgGroup,
+    RuntimeConfig,
+    kv_router_config,
+)
 from dynamo.llm.push_router import ROUTER_MODES
 from dynamo.runtime.errors import ConfigError
 
@@ -33,6 +39,8 @@ class FrontendConfig(RuntimeConfig):
     active_prefill_tokens_threshold_frac: float | None = 10.0
     interactive: bool = False
     model_filter_namespace: str | None = None
+    kv_cache_block_size: int | None = None
+    kv_router: Any = None
     verbose: int = 0
 
     def validate(self) -> None:
@@ -91,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     RuntimeArgGroup().add_arguments(parser)
     FrontendArgGroup().add_arguments(parser)
+    KvRouterArgGroup().add_arguments(parser)
     return parser
 
 
@@ -98,6 +107,10 @@ def parse_config(argv: list[str] | None = None) -> FrontendConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = FrontendConfig.from_cli_args(args)
+    try:
+        config.kv_router = kv_router_config(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
     # The frontend serves every namespace unless one is asked for explicitly.
     argv_list = argv if argv is not None else sys.argv[1:]
     explicit = any(a == "--namespace" or a.startswith("--namespace=") for a in argv_list) or "DYN_NAMESPACE" in os.environ

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -38,6 +39,7 @@ class FrontendMetrics:
         self.prefix = p
         self.registry = reg = CollectorRegistry()
         self._per_model: dict[str, ModelMetrics] = {}
+        self._router_metrics: Any = None
         m = ["model"]
         self.requests = Counter(f"{p}_requests", "HTTP requests by outcome",
                                 ["model", "endpoint", "request_type", "status", "error_type"], registry=reg)
@@ -82,6 +84,14 @@ class FrontendMetrics:
                                                   ["worker_id", "dp_rank"], registry=reg)
         self.worker_kv_used_blocks = Gauge(f"{p}_worker_kv_used_blocks", "KV blocks used (worker report)",
                                            ["worker_id", "dp_rank"], registry=reg)
+
+    def router_metrics(self) -> Any:
+        """KV router metrics on this frontend's registry (one set shared by every model)."""
+        if self._router_metrics is None:
+            from dynamo.kv_router.metrics import RouterMetrics
+
+            self._router_metrics = RouterMetrics(self.registry)
+        return self._router_metrics
 
     def for_model(self, model: str) -> ModelMetrics:
         """Label children for one model, looked up once instead of on every token."""

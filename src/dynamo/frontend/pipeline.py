@@ -39,6 +39,8 @@ class PipelineOptions:
     migration_max_seq_len: int | None = None
     stream_stall_timeout: float | None = None
     busy: BusyThresholds | None = None
+    kv_router: Any = None  # KvRouterConfig when router_mode == "kv"
+    kv_cache_block_size: int | None = None
 
 
 class ModelEngine:
@@ -70,9 +72,24 @@ class ModelEngine:
                     custom_template: str | None = None) -> ModelEngine:
         pre = await asyncio.to_thread(OpenAIPreprocessor.from_card, ws.card, custom_template_path=custom_template)
         assert ws.client is not None
-        router = PushRouter(ws.client, options.router_mode if options.router_mode != "kv" else "round-robin",
-                            eligible=lambda: ws.instances)
+        router: Any
+        if options.router_mode == "kv":
+            from dynamo.kv_router.config import KvRouterConfig
+            from dynamo.kv_router.router import KvRouter
+
+            block_size = options.kv_cache_block_size or ws.card.kv_cache_block_size
+            card_rc = ws.card.runtime_config
+            router = KvRouter(ws.client, block_size, options.kv_router or KvRouterConfig(), model=ws.model,
+                              eligible=lambda: ws.instances,
+                              runtime_config=lambda wid: card_rc if wid in ws.instances else None,
+                              metrics=metrics.router_metrics())
+        else:
+            router = PushRouter(ws.client, options.router_mode, eligible=lambda: ws.instances)
         engine = cls(ws, pre, router, metrics, options)
+        if options.router_mode == "kv":
+            router.load_sink = engine.observe_load
+            ns, comp, _ = ws.endpoint
+            await router.start_events(ws.client.endpoint.runtime, ns, comp)
         card = ws.card
         m = card.name
         rc = card.runtime_config
@@ -118,7 +135,7 @@ class ModelEngine:
     # -- engine stream with migration ---------------------------------------------------------------
 
     async def engine_stream(self, request: PreprocessedRequest, instance_id: int | None = None,
-                            ) -> AsyncIterator[LLMEngineOutput]:
+                            on_decision: Any = None) -> AsyncIterator[LLMEngineOutput]:
         """Stream engine outputs, re-issuing the request on another worker if its worker is lost.
 
         On a mid-stream failure the tokens generated so far are appended to the prompt and
@@ -130,10 +147,15 @@ class ModelEngine:
         headers = {"request-id": request.request_id} if request.request_id else None
         current = request
         copied = False
+        # Until the client has seen output, a lost worker costs nothing: the retry is a new request.
+        streamed = False
         stall = self.options.stream_stall_timeout
         while True:
             try:
-                _iid, stream = await self.router.generate(current, headers, instance_id)
+                if on_decision is not None:
+                    iid, stream = await self.router.generate(current, headers, instance_id, on_decision=on_decision)
+                else:
+                    iid, stream = await self.router.generate(current, headers, instance_id)
             except errors.DynamoError as exc:
                 if exc.migratable and retries > 0 and instance_id is None:
                     retries -= 1
@@ -163,6 +185,7 @@ class ModelEngine:
                         sc = current.stop_conditions
                         if sc.max_tokens is not None:
                             sc.max_tokens -= len(out.token_ids)
+                    streamed = True
                     yield out
             except errors.DynamoError as exc:
                 if not exc.migratable or retries <= 0 or instance_id is not None:
@@ -171,18 +194,24 @@ class ModelEngine:
                 if max_len is not None and len(current.token_ids) > max_len:
                     self.metrics.migration_seq_len_exceeded.labels(self.model).inc()
                     raise
+                if isinstance(exc, errors.StreamStalled):
+                    # A stalled worker still holds its connection, so nothing else takes it out of rotation.
+                    report_down = getattr(getattr(self.router, "client", None), "report_instance_down", None)
+                    if report_down is not None:
+                        report_down(iid)
                 retries -= 1
-                self.metrics.migrations.labels(self.model, "ongoing_request").inc()
-                logger.warning("request %s: worker lost mid-stream (%s); migrating with %d tokens",
-                               request.request_id, exc, len(current.token_ids))
+                kind = "ongoing_request" if streamed else "new_request"
+                self.metrics.migrations.labels(self.model, kind).inc()
+                logger.warning("request %s: worker lost (%s); migrating (%s) with %d tokens",
+                               request.request_id, exc, kind, len(current.token_ids))
             finally:
                 await stream.aclose()
 
     async def choice_stream(self, pre: PreprocessResult, instance_id: int | None = None,
-                            ) -> AsyncIterator[StepResult]:
+                            on_decision: Any = None) -> AsyncIterator[StepResult]:
         """Detokenized, stop-checked results for one choice; the last one carries ``finish_reason``."""
         checker = StopChecker.for_request(self.tokenizer, pre.request)
-        stream = self.engine_stream(pre.request, instance_id)
+        stream = self.engine_stream(pre.request, instance_id, on_decision)
         try:
             async for out in stream:
                 res = checker.process_output(out)

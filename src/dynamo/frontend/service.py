@@ -45,6 +45,8 @@ async def build_frontend(config: FrontendConfig, runtime: DistributedRuntime) ->
         migration_limit=config.migration_limit,
         migration_max_seq_len=config.migration_max_seq_len,
         stream_stall_timeout=config.stream_stall_timeout,
+        kv_router=config.kv_router,
+        kv_cache_block_size=config.kv_cache_block_size,
     )
 
     loads: LoadWatcher | None = None

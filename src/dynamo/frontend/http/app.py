@@ -202,7 +202,9 @@ class FrontendApp:
         request_type = "stream" if stream_mode else "unary"
         status, error_type = "success", ""
         instance_id = _direct_instance(scope)
-        streams = [engine.choice_stream(p, instance_id) for p in pres]
+        decisions: list[Any] = []
+        on_decision = decisions.append if getattr(engine.router, "supports_decisions", False) else None
+        streams = [engine.choice_stream(p, instance_id, on_decision) for p in pres]
         merged = merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
         completion_tokens = [0] * len(pres)
         watcher: asyncio.Task[None] | None = None
@@ -234,7 +236,8 @@ class FrontendApp:
                         finish[i] = (_openai_finish(res.finish_reason), res.stop_reason)
                     continue
                 if not started:
-                    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                    await send({"type": "http.response.start", "status": 200,
+                                "headers": SSE_HEADERS + _decision_headers(decisions)})
                     started = True
                 fr = _openai_finish(res.finish_reason) if res.finish_reason is not None else None
                 if chat:
@@ -257,7 +260,8 @@ class FrontendApp:
             usage = oai.usage_dict(prompt_tokens, total)
             if stream_mode:
                 if not started:
-                    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                    await send({"type": "http.response.start", "status": 200,
+                                "headers": SSE_HEADERS + _decision_headers(decisions)})
                 tail = b""
                 if include_usage:
                     uchunk = (oai.chat_usage_chunk if chat else oai.completion_usage_chunk)(cid, model, created, usage)
@@ -277,7 +281,7 @@ class FrontendApp:
                             c["stop_reason"] = finish[i][1]
                         choices.append(c)
                     payload = oai.completion_response(cid, model, created, choices, usage)
-                await send_json(send, 200, payload)
+                await send_json(send, 200, payload, JSON_HEADERS + _decision_headers(decisions))
             mm.isl.observe(prompt_tokens)
             mm.osl.observe(total)
             mm.output_tokens.inc(total)
@@ -373,6 +377,13 @@ class FrontendApp:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise HttpError(400, "body must be an object with a 'model' string", "model")
         await send_json(send, 200, self.busy.update(body))
+
+
+def _decision_headers(decisions: list[Any]) -> list[tuple[bytes, bytes]]:
+    """``x-dynamo-routing``: the KV router's decision for the first choice (worker, overlap, cost terms)."""
+    if not decisions:
+        return []
+    return [(b"x-dynamo-routing", orjson.dumps(decisions[0].to_dict()))]
 
 
 async def _indexed(stream: Any) -> Any:

@@ -1,0 +1,379 @@
+"""KvRouter: KV-cache-aware routing of one model's requests (reference §2.3–2.9).
+
+Joins the pure pieces — block hashing, the radix-tree indexer (fed by workers' ``kv-events``, or by
+its own decisions in approximate mode), active-sequence tracking and the cost-based selector — with
+the runtime: it books each request on the chosen (worker, dp_rank), frees it when the stream ends,
+and offers the same ``generate`` interface as the non-KV ``PushRouter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from dynamo.kv_router.approx import ApproxKvIndexer
+from dynamo.kv_router.config import KvRouterConfig
+from dynamo.kv_router.hashing import compute_block_hashes, compute_seq_hashes
+from dynamo.kv_router.indexer import OverlapScores, RadixTree
+from dynamo.kv_router.metrics import RouterMetrics
+from dynamo.kv_router.protocols import ActiveLoad, RouterEvent
+from dynamo.kv_router.queue import PendingQueue, QueuePolicy, priority_key, should_queue
+from dynamo.kv_router.selector import Selection, WorkerSelector
+from dynamo.kv_router.sequences import ActiveSequencesMultiWorker, PotentialLoad
+from dynamo.llm.protocols.engine import PreprocessedRequest, RoutingHints
+from dynamo.llm.protocols.model_card import RuntimeConfig
+from dynamo.runtime import errors
+from dynamo.runtime.client import Client
+
+logger = logging.getLogger(__name__)
+
+WorkerKey = tuple[int, int]
+
+
+@dataclass(slots=True)
+class RoutingDecision:
+    """Why a request went where it did: exposed to clients in the ``x-dynamo-routing`` header."""
+
+    selection: Selection
+    isl_blocks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        sel = self.selection
+        return {
+            "worker_id": sel.worker_id,
+            "dp_rank": sel.dp_rank,
+            "overlap_blocks": sel.overlap_blocks,
+            "prompt_blocks": self.isl_blocks,
+            "candidates": [
+                {"worker_id": c.worker_id, "dp_rank": c.dp_rank, "overlap_blocks": c.overlap_blocks,
+                 "prefill_blocks": round(c.prefill_blocks, 3), "decode_blocks": c.decode_blocks,
+                 "logit": round(c.logit, 3), "tree_size": c.tree_size}
+                for c in sel.candidates
+            ],
+        }
+
+
+class KvRouter:
+    #: ``generate`` accepts ``on_decision`` (the frontend then reports the decision to the client)
+    supports_decisions = True
+
+    def __init__(
+        self,
+        client: Client,
+        block_size: int,
+        config: KvRouterConfig | None = None,
+        *,
+        model: str = "",
+        eligible: Callable[[], set[int]] | None = None,
+        runtime_config: Callable[[int], RuntimeConfig | None] | None = None,
+        metrics: RouterMetrics | None = None,
+        rng: random.Random | None = None,
+        load_sink: Callable[[ActiveLoad], None] | None = None,
+    ) -> None:
+        self.config = (config or KvRouterConfig()).validate()
+        if block_size <= 0:
+            raise errors.ConfigError("KV router needs a positive block size")
+        self.client = client
+        self.block_size = block_size
+        self.model = model
+        self._eligible = eligible
+        self._runtime_config = runtime_config or (lambda _wid: RuntimeConfig())
+        self.metrics = metrics or RouterMetrics()
+        self.rng = rng or random.Random()
+        self.load_sink = load_sink
+        cfg = self.config
+        self.approx: ApproxKvIndexer | None = None
+        if cfg.use_kv_events:
+            self.indexer = RadixTree()
+        else:
+            self.approx = ApproxKvIndexer(cfg.router_ttl_secs, cfg.router_max_tree_size,
+                                          cfg.router_prune_target_ratio, clock=time.monotonic)
+            self.indexer = self.approx.tree
+        self.sequences = ActiveSequencesMultiWorker(
+            block_size,
+            track_active_blocks=cfg.router_track_active_blocks,
+            track_output_blocks=cfg.router_track_output_blocks,
+            assume_kv_reuse=cfg.router_assume_kv_reuse,
+            track_prefill_tokens=cfg.router_track_prefill_tokens,
+            rng=self.rng,
+        )
+        self.selector = WorkerSelector(self.rng)
+        self.busy: set[int] = set()
+        self.inflight: dict[int, int] = {}
+        self._ids = itertools.count()
+        self._subscriber: Any = None
+        self._event_task: asyncio.Task[None] | None = None
+        self._queue: PendingQueue[asyncio.Future[None]] = PendingQueue()
+        self._queue_t0 = time.monotonic()
+        client.on_change(self._on_instance_change)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start_events(self, runtime: Any, namespace: str, component: str) -> None:
+        """Subscribe to the workers' ``kv-events`` (unless approximate mode or weight 0)."""
+        if not self.config.should_subscribe_to_kv_events:
+            return
+        sub = await runtime.namespace(namespace).component(component).subscribe("kv-events")
+        sub.on_gap = self._on_gap
+        self._subscriber = sub
+        self._event_task = asyncio.get_running_loop().create_task(self._consume(sub))
+
+    async def close(self) -> None:
+        if self._event_task is not None:
+            self._event_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._event_task
+        if self._subscriber is not None:
+            with contextlib.suppress(Exception):
+                await self._subscriber.close()
+
+    async def _consume(self, sub: Any) -> None:
+        async for env in sub:
+            try:
+                event = RouterEvent.from_wire(env.decode())
+            except ValueError as exc:
+                logger.warning("dropping malformed KV event from %x: %s", env.publisher_id, exc)
+                self.metrics.events_applied.labels("unknown", "invalid_block").inc()
+                continue
+            self.apply_event(event)
+
+    def apply_event(self, event: RouterEvent) -> str:
+        if event.storage_tier != "device":
+            return "ignored"
+        status = self.indexer.apply_event(event)
+        kind = type(event.event.data).__name__.removeprefix("Kv").lower()
+        self.metrics.events_applied.labels(kind, status).inc()
+        if status != "ok":
+            logger.debug("KV event from worker %x not applied: %s", event.worker_id, status)
+        return status
+
+    def _on_gap(self, publisher_id: int, expected: int, got: int) -> None:
+        self.metrics.event_gaps.inc(got - expected)
+        logger.warning("missed %d KV events from worker %x: its cached-block view may be stale",
+                       got - expected, publisher_id)
+
+    def _on_instance_change(self, kind: str, instance: Any) -> None:
+        if kind == "removed":
+            self.indexer.remove_worker(instance.instance_id)
+            self.sequences.remove_worker(instance.instance_id)
+            self._wake_queue()
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    def candidates(self) -> list[WorkerKey]:
+        ids = self.client.instance_ids()
+        allowed = self._eligible() if self._eligible is not None else None
+        out: list[WorkerKey] = []
+        for wid in ids:
+            if (allowed is not None and wid not in allowed) or wid in self.busy:
+                continue
+            rc = self._runtime_config(wid)
+            if rc is None:
+                continue
+            start = rc.data_parallel_start_rank
+            out.extend((wid, start + r) for r in range(max(rc.data_parallel_size, 1)))
+        return out
+
+    def hashes(self, token_ids: list[int], lora_name: str | None = None) -> tuple[list[int], list[int]]:
+        local = compute_block_hashes(token_ids, self.block_size, lora_name)
+        return local, compute_seq_hashes(local)
+
+    def overlaps(self, local_hashes: list[int]) -> OverlapScores:
+        if self.approx is not None:
+            self.approx.expire(time.monotonic())
+        return self.indexer.find_matches(local_hashes)
+
+    def decide(self, token_ids: list[int], lora_name: str | None = None, cfg: KvRouterConfig | None = None,
+               ) -> tuple[Selection, list[int], list[int]]:
+        cfg = cfg or self.config
+        m = self.metrics
+        t0 = time.perf_counter()
+        local, seq = self.hashes(token_ids, lora_name)
+        t1 = time.perf_counter()
+        overlaps = self.overlaps(local)
+        t2 = time.perf_counter()
+        candidates = self.candidates()
+        if not candidates:
+            if self.client.instance_ids():
+                raise errors.ResourceExhausted("All workers are busy, please retry later")
+            raise errors.Unavailable("no workers available for this model")
+        for key in candidates:
+            self.sequences.add_worker(key)
+        isl = len(token_ids)
+        prefill, decode = self.sequences.potential_loads(
+            seq if cfg.router_track_active_blocks else None, isl, overlaps.scores,
+            track_prefill_tokens=cfg.router_track_prefill_tokens, assume_kv_reuse=cfg.router_assume_kv_reuse)
+        selection = self.selector.select(
+            candidates, isl, self.block_size, overlaps, prefill, decode,
+            overlap_score_weight=cfg.overlap_score_weight, temperature=cfg.router_temperature,
+            track_prefill_tokens=cfg.router_track_prefill_tokens)
+        t3 = time.perf_counter()
+        m.hashing_ms.observe((t1 - t0) * 1000)
+        m.find_matches_ms.observe((t2 - t1) * 1000)
+        m.scheduling_ms.observe((t3 - t2) * 1000)
+        m.total_ms.observe((t3 - t0) * 1000)
+        return selection, local, seq
+
+    def best_worker(self, token_ids: list[int], lora_name: str | None = None) -> tuple[int, int, int]:
+        """``(worker_id, dp_rank, overlap_blocks)`` the router would choose now (no booking)."""
+        sel, _, _ = self.decide(token_ids, lora_name)
+        return sel.worker_id, sel.dp_rank, sel.overlap_blocks
+
+    def get_potential_loads(self, token_ids: list[int], lora_name: str | None = None) -> list[PotentialLoad]:
+        local, seq = self.hashes(token_ids, lora_name)
+        for key in self.candidates():
+            self.sequences.add_worker(key)
+        return self.sequences.get_potential_loads(seq, len(token_ids), self.overlaps(local).scores)
+
+    # -- queue -----------------------------------------------------------------------------------
+
+    def _saturated(self) -> bool:
+        threshold = self.config.router_queue_threshold
+        if threshold is None:
+            return False
+        cands = self.candidates()
+        if not cands:
+            return False
+        active = self.sequences.active_prefill_tokens()
+        caps = {wid: (self._runtime_config(wid) or RuntimeConfig()).max_num_batched_tokens for wid, _ in cands}
+        return should_queue({k: active.get(k, 0) for k in cands}, caps, threshold)
+
+    async def _wait_for_capacity(self, isl: int, priority: int) -> None:
+        if not self._saturated() and not len(self._queue):
+            return
+        policy = QueuePolicy(self.config.router_queue_policy)
+        key = priority_key(policy, priority_jump=max(priority, 0),
+                           arrival_offset_s=time.monotonic() - self._queue_t0, isl=isl, overlap_blocks=0,
+                           block_size=self.block_size)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.push(fut, key)
+        self.metrics.queue_pending.set(len(self._queue))
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), 1.0)
+                    return
+                except asyncio.TimeoutError:
+                    self._wake_queue()
+        finally:
+            if not fut.done():
+                fut.cancel()
+            with contextlib.suppress(Exception):
+                self._queue.remove(fut)
+            self.metrics.queue_pending.set(len(self._queue))
+
+    def _wake_queue(self) -> None:
+        while len(self._queue) and not self._saturated():
+            fut = self._queue.pop()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    async def generate(self, request: PreprocessedRequest, headers: dict[str, str] | None = None,
+                       instance_id: int | None = None,
+                       on_decision: Callable[[RoutingDecision], None] | None = None,
+                       ) -> tuple[int, AsyncIterator[Any]]:
+        routing = request.routing
+        lora = routing.lora_name if routing is not None else None
+        priority = (routing.priority or 0) if routing is not None else 0
+        await self._wait_for_capacity(len(request.token_ids), priority)
+        tried: set[int] = set()
+        while True:
+            if instance_id is not None:
+                if instance_id not in self.client.instance_ids():
+                    raise errors.NotFound(f"worker instance {instance_id} is not available")
+                local, seq = self.hashes(request.token_ids, lora)
+                overlap = self.overlaps(local).scores
+                dp = (routing.dp_rank if routing is not None and routing.dp_rank is not None else 0)
+                sel = Selection(instance_id, dp, overlap.get((instance_id, dp), 0),
+                                -(-len(request.token_ids) // self.block_size), [])
+            else:
+                sel, local, seq = self.decide(request.token_ids, lora)
+                if sel.worker_id in tried:
+                    raise errors.Unavailable("no reachable worker for this model")
+            rid = f"{request.request_id or 'r'}-{next(self._ids)}"
+            key = (sel.worker_id, sel.dp_rank)
+            isl = len(request.token_ids)
+            expected = routing.expected_output_tokens if routing is not None else None
+            self.sequences.add_request(rid, key, seq if self.config.router_track_active_blocks else None, isl,
+                                       sel.overlap_blocks, expected, now=time.monotonic())
+            if self.approx is not None:
+                self.approx.process_routing_decision(sel.worker_id, sel.dp_rank, local, seq, now=time.monotonic())
+            self._publish_load(key)
+            m = self.metrics
+            m.requests.labels(self.model).inc()
+            m.input_tokens.labels(self.model).inc(isl)
+            m.cached_tokens.labels(self.model).inc(sel.overlap_blocks * self.block_size)
+            if sel.required_blocks:
+                m.kv_hit_rate.labels(self.model).observe(min(1.0, sel.overlap_blocks / sel.required_blocks))
+            if on_decision is not None:
+                on_decision(RoutingDecision(sel, len(local)))
+            hints = msgspec.structs.replace(routing, dp_rank=sel.dp_rank) if routing is not None \
+                else RoutingHints(dp_rank=sel.dp_rank)
+            wire = msgspec.structs.replace(request, routing=hints)
+            try:
+                stream = await self.client.direct(wire, sel.worker_id, headers)
+            except errors.CannotConnect:
+                self._release(rid, key)
+                if instance_id is not None:
+                    raise
+                tried.add(sel.worker_id)
+                continue
+            except BaseException:
+                self._release(rid, key)
+                raise
+            return sel.worker_id, self._track(rid, key, stream)
+
+    async def _track(self, rid: str, key: WorkerKey, stream: Any) -> AsyncIterator[Any]:
+        wid = key[0]
+        self.inflight[wid] = self.inflight.get(wid, 0) + 1
+        prefilled = False
+        generated = 0
+        track_output = self.config.router_track_output_blocks
+        try:
+            async for item in stream:
+                if item.token_ids:
+                    if not prefilled:
+                        prefilled = True
+                        self.sequences.mark_prefill_completed(rid)
+                        self._publish_load(key)
+                        self._wake_queue()
+                    if track_output:
+                        generated += len(item.token_ids)
+                        self.sequences.add_output_tokens(rid, generated)
+                yield item
+        finally:
+            n = self.inflight.get(wid, 1) - 1
+            if n <= 0:
+                self.inflight.pop(wid, None)
+            else:
+                self.inflight[wid] = n
+            if not stream._done:
+                stream.cancel(kill=True)
+            self._release(rid, key)
+
+    def _release(self, rid: str, key: WorkerKey) -> None:
+        self.sequences.free(rid)
+        self._publish_load(key)
+        self._wake_queue()
+
+    def _publish_load(self, key: WorkerKey) -> None:
+        prefill = self.sequences.active_prefill_tokens().get(key, 0)
+        blocks = self.sequences.active_blocks().get(key, 0)
+        wid, rank = str(key[0]), str(key[1])
+        self.metrics.active_blocks.labels(wid, rank).set(blocks)
+        self.metrics.active_prefill.labels(wid, rank).set(prefill)
+        if self.load_sink is not None:
+            self.load_sink(ActiveLoad(worker_id=key[0], dp_rank=key[1], active_decode_blocks=blocks,
+                                      active_prefill_tokens=prefill))
