@@ -1,0 +1,169 @@
+"""KV-aware routing end to end: mocker workers publishing KV events, the frontend in ``kv`` mode."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import random
+import statistics
+import time
+
+import httpx
+import pytest
+
+from tests.support.deploy import new_deployment
+from tests.support.procs import wait_for
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "Qwen3-0.6B"
+BS = 16
+
+
+def route(url: str, prompt: list[int], max_tokens: int = 2) -> tuple[dict, float]:
+    """Send a streaming completion; return the routing decision header and the client-side TTFT."""
+    t0 = time.perf_counter()
+    ttft = None
+    with httpx.stream("POST", url + "/v1/completions", timeout=60,
+                      json={"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and ttft is None and line != "data: [DONE]":
+                ttft = time.perf_counter() - t0
+        decision = json.loads(r.headers["x-dynamo-routing"])
+    return decision, ttft or 0.0
+
+
+def kv_deployment(*mocker_args: str, frontend_args: tuple[str, ...] = ()):
+    dep = new_deployment()
+    dep.mocker("--num-workers", "4", "--block-size", str(BS), *mocker_args)
+    dep.start_frontend("--router-mode", "kv", *frontend_args)
+    dep.wait_models({MODEL})
+    return dep
+
+
+def test_no_hot_spotting_and_shared_prefix_spreads():
+    dep = kv_deployment("--speedup-ratio", "50")
+    try:
+        rng = random.Random(1)
+        prompts = [[rng.randrange(100, 50_000) for _ in range(64)] for _ in range(200)]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            decisions = [d for d, _ in pool.map(lambda p: route(dep.url, p), prompts)]
+        counts = collections.Counter(d["worker_id"] for d in decisions)
+        assert len(counts) == 4
+        assert all(37 <= c <= 63 for c in counts.values()), counts  # within +-25% of 50
+
+        system = [rng.randrange(100, 50_000) for _ in range(256)]
+        shared = [system + [rng.randrange(100, 50_000) for _ in range(32)] for _ in range(80)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            decisions = [d for d, _ in pool.map(lambda p: route(dep.url, p, 16), shared)]
+        counts = collections.Counter(d["worker_id"] for d in decisions)
+        assert max(counts.values()) <= 0.6 * len(shared), counts
+        assert len(counts) >= 3, counts
+        # Once loaded, the shared prefix is found in the cache of whichever worker serves it.
+        assert statistics.mean(d["overlap_blocks"] for d in decisions[20:]) >= 256 // BS - 1
+    finally:
+        dep.close()
+
+
+def test_multi_turn_conversations_return_to_their_worker():
+    dep = kv_deployment("--speedup-ratio", "50")
+    try:
+        rng = random.Random(2)
+        convs = [[rng.randrange(100, 50_000) for _ in range(48)] for _ in range(10)]
+        last: dict[int, int] = {}
+        same = total = 0
+        for _turn in range(5):
+            for i, conv in enumerate(convs):
+                decision, _ = route(dep.url, conv, max_tokens=8)
+                if i in last:
+                    total += 1
+                    same += decision["worker_id"] == last[i]
+                    assert decision["overlap_blocks"] >= 1
+                last[i] = decision["worker_id"]
+                conv.extend(rng.randrange(100, 50_000) for _ in range(24))
+        assert same / total >= 0.9, (same, total)
+        metrics = httpx.get(dep.url + "/metrics", timeout=5).text
+        assert 'dynamo_component_kv_cache_events_applied_total{event_type="stored",status="ok"}' in metrics
+    finally:
+        dep.close()
+
+
+def _ttft_p50(mode: str, prompts: list[list[int]]) -> float:
+    dep = new_deployment()
+    try:
+        dep.mocker("--num-workers", "4", "--block-size", str(BS), "--speedup-ratio", "5",
+                   "--num-gpu-blocks-override", "160")
+        dep.start_frontend("--router-mode", mode)
+        dep.wait_models({MODEL})
+        ttfts = []
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for _, ttft in pool.map(lambda p: _plain(dep.url, p), prompts):
+                ttfts.append(ttft)
+        return statistics.median(ttfts[len(prompts) // 4:])
+    finally:
+        dep.close()
+
+
+def _plain(url: str, prompt: list[int]) -> tuple[None, float]:
+    t0 = time.perf_counter()
+    with httpx.stream("POST", url + "/v1/completions", timeout=60,
+                      json={"model": MODEL, "prompt": prompt, "max_tokens": 2, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                return None, time.perf_counter() - t0
+    raise AssertionError("no data")
+
+
+def test_kv_routing_beats_round_robin_on_shared_prefixes():
+    rng = random.Random(3)
+    # 4 long prefixes; each worker's cache (160 blocks = 2560 tokens) holds about one of them.
+    prefixes = [[rng.randrange(100, 50_000) for _ in range(1600)] for _ in range(4)]
+    prompts = [rng.choice(prefixes) + [rng.randrange(100, 50_000) for _ in range(16)] for _ in range(60)]
+    kv = _ttft_p50("kv", prompts)
+    rr = _ttft_p50("round-robin", prompts)
+    assert kv < rr, (kv, rr)
+
+
+def test_approx_mode_with_workers_that_publish_no_events():
+    from tests.support.deploy import QWEN
+    from tests.support.procs import free_port
+
+    dep = new_deployment()
+    try:
+        # The echo worker publishes no KV events at all.
+        dep.spawn("echo", "-m", "dynamo.echo", "--model-path", str(QWEN), "--delay-ms", "0",
+                  "--kv-cache-block-size", str(BS))
+        dep.start_frontend("--router-mode", "kv", "--no-kv-events", "--router-ttl", "1.0")
+        prune_port = free_port()
+        dep.spawn("frontend-prune", "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port",
+                  str(prune_port), "--router-mode", "kv", "--no-kv-events", "--router-max-tree-size", "40")
+        dep.wait_models({MODEL})
+        prune_url = f"http://127.0.0.1:{prune_port}"
+        wait_for(lambda: _serves(prune_url), 30, what="second frontend")
+
+        rng = random.Random(4)
+        first = [rng.randrange(100, 50_000) for _ in range(64)]
+        assert route(dep.url, first)[0]["overlap_blocks"] == 0
+        booked = time.monotonic()
+        assert route(dep.url, first)[0]["overlap_blocks"] == 4  # predicted from its own decision
+        # TTL: 1 s after the last booking the prediction is gone.
+        wait_for(lambda: time.monotonic() - booked > 1.3, 5, what="the router TTL to pass")
+        assert route(dep.url, first)[0]["overlap_blocks"] == 0
+
+        # Pruning: 80 fresh blocks against a 40-block cap evict the oldest entries first.
+        assert route(prune_url, first)[0]["overlap_blocks"] == 0
+        assert route(prune_url, first)[0]["overlap_blocks"] == 4
+        for _ in range(20):
+            route(prune_url, [rng.randrange(100, 50_000) for _ in range(64)])
+        assert route(prune_url, first)[0]["overlap_blocks"] == 0
+    finally:
+        dep.close()
+
+
+def _serves(url: str) -> bool:
+    try:
+        return bool(httpx.get(url + "/v1/models", timeout=1).json()["data"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
