@@ -203,13 +203,19 @@ class Engines:
                 return wanted
             if wanted is None and names:
                 return str(names[0])
-            if not announced:
+            self.manager.changed.clear()
+            if announced:
+                await self.manager.changed.wait()
+                continue
+            try:
+                # Discovery usually delivers the registered models within moments: only say we are
+                # waiting when that is not the case.
+                await asyncio.wait_for(self.manager.changed.wait(), 1.0)
+            except asyncio.TimeoutError:
                 what = f"model {wanted!r}" if wanted else "a model"
                 print(f"Waiting for {what} to be registered (start a worker, e.g. "
                       "`python -m dynamo.mocker --model-path <model>`)...", file=sys.stderr, flush=True)
                 announced = True
-            self.manager.changed.clear()
-            await self.manager.changed.wait()
 
     def engine(self, model: str, model_type: str = "chat") -> ModelEngine:
         ws = self.manager.worker_set(model, model_type)

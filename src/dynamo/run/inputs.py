@@ -238,7 +238,7 @@ class LineReader:
                 line = input(self.prompt)
             except EOFError:
                 line = None
-            except BaseException:  # noqa: BLE001  (a closed stdin must end the chat, not hang it)
+            except Exception:  # a closed or broken stdin must end the chat, not hang it
                 line = None
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, fut, line)
@@ -403,6 +403,11 @@ def read_batch_file(path: str) -> list[str]:
     return prompts
 
 
+def batch_output_path(batch_file: str) -> Path:
+    """``output.jsonl`` in the batch file's folder."""
+    return Path(batch_file).resolve().parent / "output.jsonl"
+
+
 class ProgressBar:
     """A one-line bar on stderr, redrawn at most ten times a second."""
 
@@ -433,7 +438,7 @@ class ProgressBar:
 async def run_batch(config: RunConfig, engines: Engines) -> int:
     assert config.batch_file is not None
     prompts = read_batch_file(config.batch_file)
-    out_path = Path(config.batch_file).resolve().parent / "output.jsonl"
+    out_path = batch_output_path(config.batch_file)
     model = await engines.wait_for_model(config.served_model_hint)
     fields = request_defaults(config)
     results: dict[int, dict[str, Any]] = {}
