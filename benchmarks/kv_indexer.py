@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import xxhash
 
 from dynamo.kv_router.hashing import compute_seq_hashes
@@ -29,6 +33,8 @@ from dynamo.kv_router.indexer import RadixTree
 from dynamo.kv_router.protocols import KvCacheEvent, KvRemoved, KvStored, RouterEvent, StoredBlock
 
 TRACES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "traces" / "mooncake"
+AI_DYNAMO_VENV = Path(__file__).resolve().parent / ".venv-ai-dynamo"
+AI_DYNAMO_VERSION = "1.6.1"
 TRACE_FILES = {"conversation": "conversation_trace.jsonl", "synthetic": "synthetic_trace.jsonl"}
 
 
@@ -144,10 +150,138 @@ def one_run(stream: Stream) -> RunResult:
     )
 
 
-def compare_ai_dynamo() -> None:
-    # Hook for running the same stream through the reference implementation's indexer binding
-    # (ai-dynamo's RadixTree); not wired up yet.
-    print("compare ai-dynamo: not available")
+# -- the reference (ai-dynamo's Rust RadixTree through its Python binding) -----------------------
+
+# Runs inside the ai-dynamo venv (never imported here): replays the JSONL stream written by
+# write_stream(). Events are pre-encoded to the bytes its apply_event() takes (serde JSON of a
+# KvCacheEvent), untimed; only the binding calls are timed, exactly as for ours.
+REFERENCE_RUNNER = r"""
+import json, sys, time
+from dynamo.llm import RadixTree
+
+stream_path, runs, every, out_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ops = []
+with open(stream_path) as f:
+    for line in f:
+        obj = json.loads(line)
+        if "q" in obj:
+            ops.append((True, obj["q"], 0))
+        else:
+            ops.append((False, json.dumps(obj["event"], separators=(",", ":")).encode(), obj["worker_id"]))
+n_queries = sum(1 for q, _, _ in ops if q)
+results, samples = [], {}
+clock = time.perf_counter_ns
+for run in range(runs):
+    tree = RadixTree()
+    apply, find = tree.apply_event, tree.find_matches
+    t_events = t_queries = 0
+    errors = qi = 0
+    for is_query, payload, worker in ops:
+        if is_query:
+            t0 = clock()
+            res = find(payload)
+            t_queries += clock() - t0
+            if run == 0 and qi % every == 0:
+                samples[qi] = sorted([w, dp, s] for (w, dp), s in res.scores.items())
+            qi += 1
+        else:
+            t0 = clock()
+            try:
+                apply(worker, payload)
+            except Exception:
+                errors += 1
+            t_events += clock() - t0
+    n_events = len(ops) - n_queries
+    results.append({"events_per_s": n_events / (t_events / 1e9), "queries_per_s": n_queries / (t_queries / 1e9),
+                    "total_ops_per_s": len(ops) / ((t_events + t_queries) / 1e9), "errors": errors})
+with open(out_path, "w") as f:
+    json.dump({"runs": results, "samples": samples}, f)
+"""
+
+
+def write_stream(stream: Stream, path: Path) -> None:
+    """One JSON object a line: ``{"q": [local hashes]}`` or a RouterEvent in its wire shape."""
+    dumps = orjson.dumps
+    with path.open("wb") as f:
+        for is_query, payload in stream.ops:
+            obj = {"q": payload} if is_query else payload.to_wire()  # type: ignore[attr-defined]
+            f.write(dumps(obj))
+            f.write(b"\n")
+
+
+def sample_scores(stream: Stream, every: int) -> dict[int, list[list[int]]]:
+    """Our overlap scores for every ``every``-th query, at its place in the stream (untimed)."""
+    tree = RadixTree()
+    out: dict[int, list[list[int]]] = {}
+    qi = 0
+    for is_query, payload in stream.ops:
+        if is_query:
+            if qi % every == 0:
+                res = tree.find_matches(payload)  # type: ignore[arg-type]
+                out[qi] = sorted([w, dp, s] for (w, dp), s in res.scores.items())
+            qi += 1
+        else:
+            tree.apply_event(payload)  # type: ignore[arg-type]
+    return out
+
+
+def decode_run(stream: Stream) -> float:
+    """Events/s for ours when starting from the same kind of bytes the reference gets (JSON wire
+    shape → RouterEvent.from_wire → apply_event), which is the path the router's event loop takes."""
+    wire = [orjson.dumps(p.to_wire()) for q, p in stream.ops if not q]  # type: ignore[attr-defined]
+    tree = RadixTree()
+    apply, loads, from_wire = tree.apply_event, orjson.loads, RouterEvent.from_wire
+    t0 = time.perf_counter_ns()
+    for raw in wire:
+        apply(from_wire(loads(raw)))
+    return len(wire) / ((time.perf_counter_ns() - t0) / 1e9)
+
+
+def compare_ai_dynamo(stream: Stream, ours: list[RunResult], venv: Path, runs: int, every: int) -> int:
+    """Replay the same stream through ai-dynamo's RadixTree in its own venv; print both and the ratio.
+    Returns the number of sampled queries whose scores differ."""
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "DYN_"))}
+    with tempfile.TemporaryDirectory(prefix="kv-indexer-bench-") as tmp:
+        where = subprocess.run([str(python), "-c", "import dynamo.llm; print(dynamo.llm.__file__)"], cwd=tmp,
+                               env=env, capture_output=True, text=True)
+        if where.returncode != 0 or not Path(where.stdout.strip()).resolve().is_relative_to(venv.resolve()):
+            print(f"compare ai-dynamo: cannot import dynamo.llm from {venv} "
+                  f"(install it with `python benchmarks/serve_bench.py --compare ai-dynamo`)\n{where.stderr[-1000:]}")
+            return -1
+        stream_path, out_path = Path(tmp) / "stream.jsonl", Path(tmp) / "out.json"
+        write_stream(stream, stream_path)
+        proc = subprocess.run([str(python), "-c", REFERENCE_RUNNER, str(stream_path), str(runs), str(every),
+                               str(out_path)], cwd=tmp, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"compare ai-dynamo: reference run failed\n{proc.stderr[-2000:]}")
+            return -1
+        theirs = json.loads(out_path.read_text())
+    t_runs = theirs["runs"]
+    mine = sample_scores(stream, every)
+    their_samples = {int(k): v for k, v in theirs["samples"].items()}
+    mismatches = sorted(k for k in mine if mine[k] != their_samples.get(k))
+    decoded = statistics.median(decode_run(stream) for _ in range(runs))
+    rows = [
+        ("events applied/s", statistics.median(r.events_per_s for r in ours),
+         statistics.median(r["events_per_s"] for r in t_runs)),
+        ("  from JSON bytes", decoded, statistics.median(r["events_per_s"] for r in t_runs)),
+        ("find_matches/s", statistics.median(r.queries_per_s for r in ours),
+         statistics.median(r["queries_per_s"] for r in t_runs)),
+        ("all ops/s", statistics.median(r.total_ops_per_s for r in ours),
+         statistics.median(r["total_ops_per_s"] for r in t_runs)),
+    ]
+    print(f"\nours vs ai-dynamo {AI_DYNAMO_VERSION} RadixTree (median of {runs} runs; the reference's apply_event "
+          "takes serde-JSON bytes, ours a decoded RouterEvent — 'from JSON bytes' times ours from the same kind of bytes)")
+    print(f"{'metric':<20}{'ours':>14}{'ai-dynamo':>14}{'ours/theirs':>13}")
+    for name, a, b in rows:
+        print(f"{name:<20}{a:>14,.0f}{b:>14,.0f}{a / b:>13.2f}")
+    errors = max(r["errors"] for r in t_runs)
+    print(f"overlap scores: {len(mine)} sampled queries (every {every}th), {len(mismatches)} mismatches; "
+          f"reference events rejected={errors}")
+    for k in mismatches[:5]:
+        print(f"  query #{k}: ours={mine[k]} theirs={their_samples.get(k)}")
+    return len(mismatches)
 
 
 def main() -> None:
@@ -161,6 +295,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="use only the first N requests")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--compare", choices=["ai-dynamo"], default=None)
+    ap.add_argument("--ai-dynamo-venv", type=Path, default=AI_DYNAMO_VENV)
+    ap.add_argument("--sample-every", type=int, default=10, help="compare scores of every Nth query")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -185,7 +321,9 @@ def main() -> None:
     last = results[-1]
     print(f"final tree nodes={last.final_nodes} events not ok={last.not_ok}")
     if args.compare == "ai-dynamo":
-        compare_ai_dynamo()
+        mismatches = compare_ai_dynamo(stream, results, args.ai_dynamo_venv, args.runs, args.sample_every)
+        if mismatches:
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":

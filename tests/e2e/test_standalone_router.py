@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from dynamo.llm.protocols.engine import LLMEngineOutput, PreprocessedRequest, StopConditions
