@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import ssl
 import subprocess
 import sys
 
@@ -39,7 +40,7 @@ def test_https_serves_requests(cert):
                 return False
 
         wait_for(ready, 30, what="https frontend")
-        r = httpx.post(url + "/v1/completions", verify=str(cert[0]), timeout=30,
+        r = httpx.post(url + "/v1/completions", verify=ssl.create_default_context(cafile=str(cert[0])), timeout=30,
                        json={"model": "Qwen3-0.6B", "prompt": "hi", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
     finally:
