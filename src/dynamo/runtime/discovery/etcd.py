@@ -10,15 +10,19 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import aetcd
+import aetcd.exceptions
 
 from dynamo.runtime.discovery.store import DEFAULT_TTL_SECS, KeyValueStore, Watch, WatchEvent
 from dynamo.runtime.errors import CannotConnect
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _endpoints() -> list[tuple[str, int]]:
@@ -49,14 +53,16 @@ class EtcdStore(KeyValueStore):
         super().__init__(ttl)
         self._endpoints = endpoints or _endpoints()
         self._client: aetcd.Client | None = None
-        self._lease: int = 0
+        self._lease: int = 0  # the current etcd lease
+        self._instance_id: int = 0  # the first lease's id: stays the instance id across renewals
+        self._owned: dict[bytes, bytes] = {}
         self._keepalive: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
     def lease_id(self) -> int:
-        return self._lease
+        return self._instance_id
 
     @property
     def client(self) -> aetcd.Client:
@@ -76,7 +82,7 @@ class EtcdStore(KeyValueStore):
                     await client.close()
                 continue
             self._client = client
-            self._lease = lease.id
+            self._lease = self._instance_id = lease.id
             self._keepalive = asyncio.get_running_loop().create_task(self._keepalive_loop())
             logger.info("etcd store connected to %s:%d, lease %x", host, port, self._lease)
             return
@@ -84,22 +90,32 @@ class EtcdStore(KeyValueStore):
                             + "; ".join(errors))
 
     async def _keepalive_loop(self) -> None:
-        last_ok = time.monotonic()
         interval = max(self.ttl / 3.0, 1.0)
         while True:
             await asyncio.sleep(interval)
             try:
                 reply = await self.client.refresh_lease(self._lease)
             except Exception as exc:
-                logger.warning("etcd lease keep-alive failed: %s", exc)
-                if time.monotonic() - last_ok > self.ttl:
-                    self._lease_lost()
-                    return
+                logger.warning("etcd lease keep-alive failed (%s); retrying", exc)
                 continue
             if reply is None or reply.TTL <= 0:
-                self._lease_lost()
-                return
-            last_ok = time.monotonic()
+                # etcd forgot the lease (down longer than the TTL, or wiped): renew the registrations
+                # under a new lease rather than leave a healthy process undiscoverable.
+                await self._renew()
+
+    async def _renew(self) -> None:
+        while True:
+            try:
+                lease = await self.client.lease(int(self.ttl))
+                for key, value in list(self._owned.items()):
+                    await self.client.put(key, value, lease=lease.id)
+            except Exception as exc:
+                logger.warning("etcd: cannot renew registrations yet (%s)", exc)
+                await asyncio.sleep(1.0)
+                continue
+            self._lease = lease.id
+            logger.warning("etcd lease expired; re-registered %d keys under lease %x", len(self._owned), lease.id)
+            return
 
     async def close(self) -> None:
         self._closed = True
@@ -112,19 +128,38 @@ class EtcdStore(KeyValueStore):
             with contextlib.suppress(Exception):
                 await self._client.close()
 
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Retry an operation through a short etcd outage (restart, leader change) for up to one TTL."""
+        deadline = asyncio.get_running_loop().time() + self.ttl
+        delay = 0.1
+        while True:
+            try:
+                return await op()
+            except aetcd.exceptions.ConnectionFailedError as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise CannotConnect(f"etcd {what} failed: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def put(self, key: str, value: bytes, *, leased: bool = True) -> None:
-        await self.client.put(key.encode(), value, lease=self._lease if leased else None)
+        k = key.encode()
+        if leased:
+            self._owned[k] = value
+        else:
+            self._owned.pop(k, None)
+        await self._retry("put", lambda: self.client.put(k, value, lease=self._lease if leased else None))
 
     async def get(self, key: str) -> bytes | None:
-        res = await self.client.get(key.encode())
+        res = await self._retry("get", lambda: self.client.get(key.encode()))
         return None if res is None else res.value
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        res = await self.client.get_prefix(prefix.encode())
+        res = await self._retry("get", lambda: self.client.get_prefix(prefix.encode()))
         return {kv.key.decode(): kv.value for kv in res.kvs}
 
     async def delete(self, key: str) -> None:
-        await self.client.delete(key.encode())
+        self._owned.pop(key.encode(), None)
+        await self._retry("delete", lambda: self.client.delete(key.encode()))
 
     async def watch(self, prefix: str) -> Watch:
         watch = Watch(on_close=lambda w: task.cancel())
