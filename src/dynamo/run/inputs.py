@@ -110,7 +110,8 @@ class RequestTemplateMiddleware:
 
     def __init__(self, app: Any, template: dict[str, Any]) -> None:
         self.app = app
-        self.template = template
+        # Whether to stream is the client's choice: its library parses the answer accordingly.
+        self.template = {k: v for k, v in template.items() if k not in ("stream", "stream_options")}
         self.body_limit = getattr(app, "body_limit", 45 * 1024 * 1024)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -319,8 +320,7 @@ async def run_text(config: RunConfig, engines: Engines) -> int:
                         return 130
                     raise
                 if line is None:
-                    if sys.stdin.isatty():
-                        write("\n")
+                    write("\n")
                     return 0
                 if not line.strip():
                     continue
