@@ -18,6 +18,15 @@ from dynamo.runtime import DistributedRuntime
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     cli.configure_logging(config.verbose)
+    if config.interactive:
+        # `-i` is dynamo-run's terminal chat over the discovered models, with this frontend's settings.
+        from dynamo.run.__main__ import main as run_main
+
+        run_main(["in=text", "out=dyn", "--store-kv", config.store_kv, "--request-plane", config.request_plane,
+                  "--event-plane", config.event_plane, "--namespace", config.namespace,
+                  "--router-mode", config.router_mode if config.router_mode in ("random", "kv") else "round-robin",
+                  "--migration-limit", str(config.migration_limit)])
+        return
 
     async def amain() -> None:
         config.validate()
@@ -25,12 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         runtime = await DistributedRuntime.from_settings(config)
         frontend = await build_frontend(config, runtime)
         try:
-            if config.interactive:
-                from dynamo.frontend.interactive import chat_loop
-
-                await chat_loop(frontend)
-            else:
-                await serve_http(config, frontend)
+            await serve_http(config, frontend)
         finally:
             await frontend.close()
             await runtime.shutdown(grace_period=0)
