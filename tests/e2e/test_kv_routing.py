@@ -94,8 +94,8 @@ def test_multi_turn_conversations_return_to_their_worker():
 def _ttft_p50(mode: str, prompts: list[list[int]]) -> float:
     dep = new_deployment()
     try:
-        dep.mocker("--num-workers", "4", "--block-size", str(BS), "--speedup-ratio", "5",
-                   "--num-gpu-blocks-override", "160")
+        dep.mocker("--num-workers", "4", "--block-size", str(BS), "--speedup-ratio", "1",
+                   "--num-gpu-blocks-override", "300")
         dep.start_frontend("--router-mode", mode)
         dep.wait_models({MODEL})
         ttfts = []
@@ -119,12 +119,14 @@ def _plain(url: str, prompt: list[int]) -> tuple[None, float]:
 
 def test_kv_routing_beats_round_robin_on_shared_prefixes():
     rng = random.Random(3)
-    # 4 long prefixes; each worker's cache (160 blocks = 2560 tokens) holds about one of them.
-    prefixes = [[rng.randrange(100, 50_000) for _ in range(1600)] for _ in range(4)]
-    prompts = [rng.choice(prefixes) + [rng.randrange(100, 50_000) for _ in range(16)] for _ in range(60)]
+    # 4 long prefixes; each worker's cache (300 blocks = 4800 tokens) holds one of them. At speedup 1
+    # an uncached 4000-token prefill costs ~80 ms more than a cached one, far above HTTP overheads.
+    prefixes = [[rng.randrange(100, 50_000) for _ in range(4000)] for _ in range(4)]
+    prompts = [rng.choice(prefixes) + [rng.randrange(100, 50_000) for _ in range(16)] for _ in range(40)]
     kv = _ttft_p50("kv", prompts)
     rr = _ttft_p50("round-robin", prompts)
-    assert kv < rr, (kv, rr)
+    print(f"TTFT p50 kv {kv * 1000:.1f} ms vs round-robin {rr * 1000:.1f} ms")
+    assert kv < 0.8 * rr, (kv, rr)
 
 
 def test_approx_mode_with_workers_that_publish_no_events():
