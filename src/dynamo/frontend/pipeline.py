@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 #: prompts longer than this many characters are tokenized off the event loop
 OFFLOAD_CHARS = 16_000
+#: with this many requests in flight, tokenization moves to a helper thread: the Rust tokenizer
+#: releases the GIL, so a saturated frontend gains a second core; below it the thread hop would only
+#: add latency
+OFFLOAD_INFLIGHT = 16
+_TOKENIZE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynamo-tokenize")
 
 
 @dataclass
@@ -111,11 +117,16 @@ class ModelEngine:
 
     # -- preprocessing ------------------------------------------------------------------------------
 
+    def _busy(self) -> bool:
+        inflight = getattr(self.router, "inflight", None)
+        return bool(inflight) and sum(inflight.values()) >= OFFLOAD_INFLIGHT
+
     async def preprocess_chat(self, req: oai.ChatCompletionRequest, request_id: str) -> PreprocessResult:
         t0 = time.perf_counter()
         size = sum(len(m.content) if isinstance(m.content, str) else 256 for m in req.messages)
-        if size > OFFLOAD_CHARS:
-            res = await asyncio.to_thread(self.preprocessor.preprocess_chat, req, request_id)
+        if size > OFFLOAD_CHARS or self._busy():
+            res = await asyncio.get_running_loop().run_in_executor(
+                _TOKENIZE_POOL, self.preprocessor.preprocess_chat, req, request_id)
         else:
             res = self.preprocessor.preprocess_chat(req, request_id)
         self.metrics.tokenizer_latency.labels(self.model).observe((time.perf_counter() - t0) * 1000)
@@ -125,8 +136,10 @@ class ModelEngine:
         t0 = time.perf_counter()
         prompt = req.prompt
         size = len(prompt) if isinstance(prompt, str) else 0
-        if size > OFFLOAD_CHARS or (isinstance(prompt, list) and prompt and isinstance(prompt[0], str)):
-            res = await asyncio.to_thread(self.preprocessor.preprocess_completion, req, request_id)
+        if size > OFFLOAD_CHARS or self._busy() or (isinstance(prompt, list) and prompt
+                                                    and isinstance(prompt[0], str)):
+            res = await asyncio.get_running_loop().run_in_executor(
+                _TOKENIZE_POOL, self.preprocessor.preprocess_completion, req, request_id)
         else:
             res = self.preprocessor.preprocess_completion(req, request_id)
         self.metrics.tokenizer_latency.labels(self.model).observe((time.perf_counter() - t0) * 1000)
