@@ -138,3 +138,37 @@ def _write(tmp_path, obj) -> str:
     p = tmp_path / "e.json"
     p.write_text(json.dumps(obj))
     return str(p)
+
+
+async def test_mocker_publishes_kv_events_load_and_forward_pass_metrics(monkeypatch):
+    from dynamo.kv_router.protocols import ActiveLoad, RouterEvent
+
+    dep = new_deployment()
+    monkeypatch.setenv("DYN_FILE_KV", dep.env["DYN_FILE_KV"])
+    try:
+        dep.mocker("--speedup-ratio", "20", "--block-size", "16")
+        rt = await DistributedRuntime.create("file")
+        try:
+            comp = rt.namespace("dynamo").component("backend")
+            kv = await comp.subscribe("kv-events")
+            fpm = await comp.subscribe("forward-pass-metrics")
+            load = await rt.namespace("dynamo").subscribe("kv_metrics")
+            client = await comp.endpoint("generate").client(LLMEngineOutput)
+            await client.wait_for_instances(30)
+            await kv.wait_for_publishers(1, 10)
+            await fpm.wait_for_publishers(1, 10)
+            await load.wait_for_publishers(1, 10)
+            req = PreprocessedRequest(model="m", token_ids=list(range(64)), stop_conditions=StopConditions(max_tokens=40))
+            async for _ in await client.round_robin(req):
+                pass
+            async with asyncio.timeout(10):
+                event = RouterEvent.from_wire((await anext(aiter(kv))).decode())
+                report = (await anext(aiter(fpm))).decode()
+                used = (await anext(aiter(load))).decode(ActiveLoad)
+            assert event.worker_id == client.instance_ids()[0] and event.event.event_id == 0
+            assert report["passes"] >= 1 and report["worker_id"] == event.worker_id
+            assert used.worker_id == event.worker_id and used.kv_used_blocks is not None
+        finally:
+            await rt.shutdown(grace_period=0)
+    finally:
+        dep.close()

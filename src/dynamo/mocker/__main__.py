@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import random
+import time
 from typing import Any
 
 from dynamo.common import cli
@@ -21,6 +22,7 @@ from dynamo.llm.protocols.engine import PreprocessedRequest
 from dynamo.llm.protocols.model_card import RuntimeConfig as CardRuntimeConfig
 from dynamo.mocker.args import MockEngineArgs
 from dynamo.mocker.engine import MockerEngine
+from dynamo.mocker.scheduler import PassResult
 from dynamo.runtime import DistributedRuntime
 from dynamo.runtime.errors import ConfigError
 from dynamo.runtime.shutdown import install_signal_handlers
@@ -137,6 +139,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class ForwardPassWindow:
+    """Forward-pass metrics summed over ~100 ms windows per rank (flushed when the rank goes idle): at
+    high speedup ratios a pass lasts microseconds, and one event per pass would cost more than the pass."""
+
+    WINDOW_SECS = 0.1
+
+    def __init__(self, worker_id: int) -> None:
+        self.worker_id = worker_id
+        self._acc: dict[int, dict[str, Any]] = {}
+
+    def add(self, rank: int, r: PassResult, now: float) -> dict[str, Any] | None:
+        acc = self._acc.get(rank)
+        if acc is None:
+            acc = self._acc[rank] = {"start": now, "passes": 0, "scheduled_tokens": 0, "prefill_ms": 0.0,
+                                     "decode_ms": 0.0, "emitted_tokens": 0, "preempted": 0}
+        acc["passes"] += 1
+        acc["scheduled_tokens"] += r.num_scheduled_tokens
+        acc["prefill_ms"] += r.prefill_ms
+        acc["decode_ms"] += r.decode_ms
+        acc["emitted_tokens"] += len(r.emitted)
+        acc["preempted"] += len(r.preempted)
+        idle = r.num_running == 0 and r.num_waiting == 0
+        if now - acc["start"] < self.WINDOW_SECS and not idle:
+            return None
+        del self._acc[rank]
+        report = {k: v for k, v in acc.items() if k != "start"}
+        report.update(worker_id=self.worker_id, dp_rank=rank, window_s=round(now - acc["start"], 4),
+                      num_running=r.num_running, num_waiting=r.num_waiting, kv_used_blocks=r.active_blocks)
+        return report
+
+
 def mocker_card(config: MockerConfig, args: MockEngineArgs) -> Any:
     return build_card(
         config.model_path, config.model_name, context_length=config.context_length,
@@ -153,10 +186,13 @@ async def start_worker(runtime: DistributedRuntime, config: MockerConfig, args: 
     endpoint = runtime.endpoint(config.endpoint or f"dyn://{config.namespace}.backend.generate")
     kv_pub: Any = None
     load_pub: Any = None
+    fpm_pub: Any = None
     try:
         plane = runtime.event_plane()
         kv_pub = await plane.publisher(endpoint.namespace, endpoint.component, "kv-events", publisher_id=instance_id)
         load_pub = await plane.publisher(endpoint.namespace, None, "kv_metrics", publisher_id=instance_id)
+        fpm_pub = await plane.publisher(endpoint.namespace, endpoint.component, "forward-pass-metrics",
+                                        publisher_id=instance_id)
     except Exception as exc:
         logger.warning("event plane unavailable (%s): KV events and load metrics will not be published", exc)
     tasks: set[asyncio.Task[Any]] = set()
@@ -175,7 +211,14 @@ async def start_worker(runtime: DistributedRuntime, config: MockerConfig, args: 
         if load_pub is not None:
             fire(load_pub.publish(ActiveLoad(worker_id=instance_id, dp_rank=rank, kv_used_blocks=used)))
 
-    engine = MockerEngine(args, instance_id, kv_sink=kv_sink, load_sink=load_sink)
+    fpm = ForwardPassWindow(instance_id)
+
+    def pass_sink(rank: int, result: PassResult) -> None:
+        report = fpm.add(rank, result, time.monotonic())
+        if report is not None and fpm_pub is not None:
+            fire(fpm_pub.publish(report))
+
+    engine = MockerEngine(args, instance_id, kv_sink=kv_sink, load_sink=load_sink, pass_sink=pass_sink)
     engine.start()
     await endpoint.start_serving(engine.generate, request_type=PreprocessedRequest, instance_id=instance_id)
     await register_llm(endpoint, card, instance_id)
