@@ -9,15 +9,12 @@ import pytest
 from pydantic import ValidationError
 
 from dynamo.llm.protocols.openai import (
-    ChatCompletionAggregator,
     ChatCompletionRequest,
-    CompletionAggregator,
     CompletionRequest,
     chat_chunk,
     chat_completion_id,
     chat_delta,
     chat_usage_chunk,
-    completion_chunk,
     completion_id,
     error_body,
     usage_dict,
@@ -179,38 +176,6 @@ def test_chat_chunk_shape_and_aggregate() -> None:
                      "choices": [{"index": 0, "delta": {"content": "Hel"}, "logprobs": None,
                                   "finish_reason": None}]}
     orjson.dumps(first)
-    agg = ChatCompletionAggregator()
-    for c in chunks:
-        agg.add(c)
-    out = agg.result()
-    assert out["object"] == "chat.completion"
-    choice = out["choices"][0]
-    assert choice["message"] == {"role": "assistant", "content": "Hello", "reasoning_content": "think"}
-    assert choice["finish_reason"] == "stop" and choice["stop_reason"] == "END"
-    assert out["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13,
-                            "prompt_tokens_details": {"cached_tokens": 4}}
-
-
-def test_chat_aggregate_tool_calls() -> None:
-    agg = ChatCompletionAggregator()
-    agg.add(chat_chunk("i", "m", 1, chat_delta(tool_calls=[
-        {"index": 0, "id": "c", "type": "function", "function": {"name": "get", "arguments": "{\"a\""}}])))
-    agg.add(chat_chunk("i", "m", 1, chat_delta(tool_calls=[{"index": 0, "function": {"arguments": ": 1}"}}]),
-                       finish_reason="tool_calls"))
-    msg = agg.result()["choices"][0]["message"]
-    assert msg["content"] is None
-    assert msg["tool_calls"] == [{"id": "c", "type": "function", "function": {"name": "get", "arguments": "{\"a\": 1}"}}]
-
-
-def test_completion_chunks_aggregate() -> None:
-    agg = CompletionAggregator()
-    for i, (t, fr) in enumerate([("a", None), ("b", None), ("c", "length")]):
-        c = completion_chunk("cmpl-x", "m", 3, t, index=i % 2, finish_reason=fr)
-        assert c["object"] == "text_completion"
-        agg.add(c)
-    out = agg.result()
-    assert [c["text"] for c in out["choices"]] == ["ac", "b"]
-    assert out["choices"][0]["finish_reason"] == "length"
 
 
 def test_error_bodies() -> None:
