@@ -162,3 +162,38 @@ def test_health_live_metrics_openapi(deployment):
     assert status == 200 and "/v1/chat/completions" in spec["paths"]
     r = httpx.post(deployment.url + "/v1/embeddings", json={"model": MODEL, "input": "x"}, timeout=5)
     assert r.status_code == 404
+
+
+def test_garbage_on_the_http_socket_does_not_hurt(deployment, client):
+    import socket
+
+    for junk in (b"\x16\x03\x01\x02\x00garbage", b"GET / HTTP/9.9\r\n\r\n", b"POST /v1/completions HTTP/1.1\r\n"
+                 b"Content-Length: 99999999999\r\n\r\n{"):
+        with socket.create_connection(("127.0.0.1", deployment.port), timeout=5) as s:
+            s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
+            try:
+                s.recv(4096)
+            except OSError:
+                pass
+    assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_client_disconnect_mid_stream_frees_the_request(deployment):
+    def gauge(name: str) -> float:
+        text = httpx.get(deployment.url + "/metrics", timeout=5).text
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name))
+
+    before = gauge("dynamo_frontend_disconnected_clients_total")
+    with httpx.stream("POST", deployment.url + "/v1/completions", timeout=30,
+                      json={"model": MODEL, "prompt": "x", "max_tokens": 3000, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break  # leave after the first chunk: the connection closes with the stream
+    from tests.support.procs import wait_for
+
+    wait_for(lambda: gauge("dynamo_frontend_inflight_requests") == 0, 10, what="the request to be freed")
+    assert gauge("dynamo_frontend_disconnected_clients_total") == before + 1
+    assert gauge("dynamo_frontend_model_cancellation_total") >= 1
+    # The worker freed the request's KV blocks too (its kv_metrics reports reach the frontend).
+    wait_for(lambda: gauge("dynamo_frontend_worker_kv_used_blocks{") == 0, 10, what="the worker to free its blocks")
