@@ -94,13 +94,17 @@ class _Rank:
             # Tokens exist only once the pass is over: wait out the pass before delivering them.
             await asyncio.sleep(lag if lag > 0.001 else 0)
             self._deliver(result)
-            used = result.active_blocks
-            if used != self.last_used_blocks:
-                self.last_used_blocks = used
-                if engine.load_sink is not None:
-                    engine.load_sink(self.rank, used)
+            self.report_load()
             if engine.pass_sink is not None:
                 engine.pass_sink(self.rank, result)
+
+    def report_load(self) -> None:
+        """Publish ``kv_used_blocks`` if it changed (also outside passes: a cancel frees blocks too)."""
+        used = self.scheduler.kv.num_active_blocks
+        if used != self.last_used_blocks:
+            self.last_used_blocks = used
+            if self.engine.load_sink is not None:
+                self.engine.load_sink(self.rank, used)
 
     def _deliver(self, result: PassResult) -> None:
         streams = self.streams
@@ -206,4 +210,5 @@ class MockerEngine:
             if not stream.done:
                 # Cancelled or abandoned: free its blocks now, not when it would have finished.
                 rank.scheduler.cancel(rid)
+                rank.report_load()
 
