@@ -103,6 +103,74 @@ class RouterEvent(msgspec.Struct, frozen=True):
             raise ValueError(f"malformed RouterEvent: {exc}") from exc
 
 
+class _WireBlock(msgspec.Struct):
+    block_hash: int
+    tokens_hash: int
+
+
+class _WireStored(msgspec.Struct):
+    blocks: list[_WireBlock]
+    parent_hash: int | None = None
+
+
+class _WireRemoved(msgspec.Struct):
+    block_hashes: list[int]
+
+
+class _WireData(msgspec.Struct, omit_defaults=True):
+    stored: _WireStored | None = None
+    removed: _WireRemoved | None = None
+    cleared: Any = None
+
+
+class _WireEvent(msgspec.Struct):
+    event_id: int
+    data: str | _WireData
+    dp_rank: int | None = 0
+
+
+class _WireRouterEvent(msgspec.Struct):
+    worker_id: int
+    event: _WireEvent
+    storage_tier: str | None = "device"
+
+
+_wire_decoder = msgspec.msgpack.Decoder(_WireRouterEvent)
+
+
+def decode_router_event(payload: bytes) -> RouterEvent:
+    """Decode a msgpack ``RouterEvent`` payload straight into typed structs (the router's hot path).
+
+    Raises ``ValueError`` on anything malformed, like :meth:`RouterEvent.from_wire`.
+    """
+    try:
+        w = _wire_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"malformed RouterEvent: {exc}") from exc
+    raw = w.event.data
+    data: KvCacheEventData
+    if isinstance(raw, str):
+        if raw != "cleared":
+            raise ValueError(f"unknown KV event data {raw!r}")
+        data = KvCleared()
+    elif raw.stored is not None:
+        st = raw.stored
+        parent = st.parent_hash
+        data = KvStored(None if parent is None else parent & _MASK,
+                        [StoredBlock(b.block_hash & _MASK, b.tokens_hash & _MASK) for b in st.blocks])
+    elif raw.removed is not None:
+        data = KvRemoved([h & _MASK for h in raw.removed.block_hashes])
+    elif raw.cleared is not None:
+        data = KvCleared()
+    else:
+        raise ValueError("KV event data is empty")
+    return RouterEvent(w.worker_id, KvCacheEvent(w.event.event_id, data, w.event.dp_rank or 0),
+                       w.storage_tier or "device")
+
+
+_MASK = (1 << 64) - 1
+
+
 class ActiveLoad(msgspec.Struct, omit_defaults=True):
     """Load report on the ``kv_metrics`` topic: workers send ``kv_used_blocks``, routers the rest."""
 

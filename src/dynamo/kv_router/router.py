@@ -25,7 +25,7 @@ from dynamo.kv_router.config import KvRouterConfig
 from dynamo.kv_router.hashing import compute_block_hashes, compute_seq_hashes
 from dynamo.kv_router.indexer import OverlapScores, RadixTree
 from dynamo.kv_router.metrics import RouterMetrics
-from dynamo.kv_router.protocols import ActiveLoad, RouterEvent
+from dynamo.kv_router.protocols import ActiveLoad, RouterEvent, decode_router_event
 from dynamo.kv_router.queue import PendingQueue, QueuePolicy, priority_key, should_queue
 from dynamo.kv_router.selector import Selection, WorkerSelector
 from dynamo.kv_router.sequences import ActiveSequencesMultiWorker, PotentialLoad
@@ -139,7 +139,7 @@ class KvRouter:
     async def _consume(self, sub: Any) -> None:
         async for env in sub:
             try:
-                event = RouterEvent.from_wire(env.decode())
+                event = decode_router_event(env.payload)
             except ValueError as exc:
                 logger.warning("dropping malformed KV event from %x: %s", env.publisher_id, exc)
                 self.metrics.events_applied.labels("unknown", "invalid_block").inc()
