@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -70,7 +69,7 @@ async def _stream(client, items: int, concurrency: int) -> float:
 async def run(args: argparse.Namespace) -> None:
     kv = tempfile.mkdtemp(prefix="bench-kv-")
     os.environ["DYN_FILE_KV"] = kv
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], env=dict(os.environ))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SERVER, env=dict(os.environ))
     rt = await DistributedRuntime.create("file")
     try:
         client = await rt.endpoint("dyn://bench.echo.generate").client()
@@ -93,7 +92,7 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         await rt.shutdown(grace_period=0)
         proc.terminate()
-        proc.wait(10)
+        await asyncio.wait_for(proc.wait(), 10)
 
 
 def main() -> None:

@@ -197,3 +197,12 @@ def test_client_disconnect_mid_stream_frees_the_request(deployment):
     assert gauge("dynamo_frontend_model_cancellation_total") >= 1
     # The worker freed the request's KV blocks too (its kv_metrics reports reach the frontend).
     wait_for(lambda: gauge("dynamo_frontend_worker_kv_used_blocks{") == 0, 10, what="the worker to free its blocks")
+
+
+def test_usage_reports_cached_prompt_tokens(client):
+    prompt = list(range(2000, 2200))  # 200 tokens: 3 full 64-token blocks
+    cached = []
+    for _ in range(4):  # round-robin over 2 workers: each sees the prompt twice
+        usage = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2).usage
+        cached.append(usage.prompt_tokens_details.cached_tokens)
+    assert cached[:2] == [0, 0] and cached[2:] == [192, 192]

@@ -105,7 +105,8 @@ class FrontendMetrics:
 
 
 class ModelMetrics:
-    __slots__ = ("cancellations", "duration", "inflight", "isl", "itl", "osl", "output_tokens", "queued", "ttft")
+    __slots__ = ("cached_tokens", "cancellations", "duration", "inflight", "isl", "itl", "osl", "output_tokens",
+                 "queued", "ttft")
 
     def __init__(self, m: FrontendMetrics, model: str) -> None:
         self.inflight = m.inflight.labels(model)
@@ -117,3 +118,4 @@ class ModelMetrics:
         self.ttft = m.ttft.labels(model)
         self.itl = m.itl.labels(model)
         self.cancellations = m.cancellations.labels(model)
+        self.cached_tokens = m.cached_tokens.labels(model)

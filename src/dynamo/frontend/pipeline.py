@@ -230,6 +230,9 @@ class ModelEngine:
                 res = checker.process_output(out)
                 if res.finish_reason is None and out.finish_reason is not None:
                     res.finish_reason = out.finish_reason
+                usage = out.completion_usage
+                if usage is not None and usage.cached_tokens is not None:
+                    res.cached_tokens = usage.cached_tokens
                 yield res
                 if res.finish_reason is not None:
                     return

@@ -207,6 +207,7 @@ class FrontendApp:
         streams = [engine.choice_stream(p, instance_id, on_decision) for p in pres]
         merged = merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
         completion_tokens = [0] * len(pres)
+        cached: list[int | None] = [None] * len(pres)
         watcher: asyncio.Task[None] | None = None
         if stream_mode:
             watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
@@ -218,6 +219,8 @@ class FrontendApp:
             role_sent = [False] * len(pres)
             started = False
             async for i, res in merged:
+                if res.cached_tokens is not None:
+                    cached[i] = res.cached_tokens
                 now = time.perf_counter()
                 if res.num_tokens:
                     if first:
@@ -257,7 +260,13 @@ class FrontendApp:
                 await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
                             "more_body": True})
             total = sum(completion_tokens)
-            usage = oai.usage_dict(prompt_tokens, total)
+            # n choices of one prompt share its cache hit: count each prompt once.
+            step = req.n or 1
+            reported = [c for c in cached[::step] if c is not None]
+            cached_total = sum(reported) if reported else None
+            usage = oai.usage_dict(prompt_tokens, total, cached_total)
+            if cached_total is not None:
+                mm.cached_tokens.observe(cached_total)
             if stream_mode:
                 if not started:
                     await send({"type": "http.response.start", "status": 200,
