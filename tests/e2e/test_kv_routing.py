@@ -170,3 +170,34 @@ def _serves(url: str) -> bool:
         return bool(httpx.get(url + "/v1/models", timeout=1).json()["data"])
     except (httpx.HTTPError, ValueError, KeyError):
         return False
+
+
+def _active_blocks(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+               if ln.startswith("dynamo_component_router_active_decode_blocks{"))
+
+
+def test_router_replica_sync_shares_active_load():
+    from tests.support.procs import free_port
+
+    dep = new_deployment()
+    try:
+        dep.mocker("--num-workers", "2", "--block-size", str(BS), "--speedup-ratio", "2")
+        dep.start_frontend("--router-mode", "kv", "--router-replica-sync")
+        other_port = free_port()
+        dep.spawn("frontend-b", "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(other_port),
+                  "--router-mode", "kv", "--router-replica-sync")
+        other = f"http://127.0.0.1:{other_port}"
+        dep.wait_models({MODEL})
+        wait_for(lambda: _serves(other), 30, what="second frontend")
+        # Let B build its router (first request) so it is subscribed before A books anything.
+        route(other, [5] * 16)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            long_one = pool.submit(route, dep.url, list(range(500, 564)), 200)
+            # B never saw this request, yet it sees the 4 blocks A booked on the worker.
+            wait_for(lambda: _active_blocks(other) >= 4, 20, what="replica B to mirror A's booking")
+            long_one.result(timeout=60)
+        wait_for(lambda: _active_blocks(other) == 0, 20, what="replica B to mirror the free")
+    finally:
+        dep.close()

@@ -39,6 +39,23 @@ logger = logging.getLogger(__name__)
 WorkerKey = tuple[int, int]
 
 
+class AddRequest(msgspec.Struct, tag=True):
+    token_sequence: list[int] | None
+    isl: int
+    overlap: int
+    expected_output_tokens: int | None = None
+
+
+class ActiveSequenceEvent(msgspec.Struct):
+    """One replica's booking change, shared on ``active_sequences_events`` (``--router-replica-sync``)."""
+
+    request_id: str
+    worker_id: int
+    dp_rank: int
+    router_id: int
+    data: AddRequest | str  # or "MarkPrefillCompleted" / "Free"
+
+
 @dataclass(slots=True)
 class RoutingDecision:
     """Why a request went where it did: exposed to clients in the ``x-dynamo-routing`` header."""
@@ -112,6 +129,11 @@ class KvRouter:
         self._ids = itertools.count()
         self._subscriber: Any = None
         self._event_task: asyncio.Task[None] | None = None
+        self.router_id = self.rng.getrandbits(63)
+        self._sync_pub: Any = None
+        self._sync_sub: Any = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self._bg: set[asyncio.Task[Any]] = set()
         self._queue: PendingQueue[asyncio.Future[None]] = PendingQueue()
         self._queue_t0 = time.monotonic()
         client.on_change(self._on_instance_change)
@@ -119,7 +141,13 @@ class KvRouter:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start_events(self, runtime: Any, namespace: str, component: str) -> None:
-        """Subscribe to the workers' ``kv-events`` (unless approximate mode or weight 0)."""
+        """Subscribe to the workers' ``kv-events`` (unless approximate mode or weight 0), and join the
+        other router replicas' ``active_sequences_events`` with ``--router-replica-sync``."""
+        if self.config.router_replica_sync:
+            comp = runtime.namespace(namespace).component(component)
+            self._sync_pub = await comp.event_publisher("active_sequences_events", publisher_id=self.router_id)
+            self._sync_sub = await comp.subscribe("active_sequences_events")
+            self._sync_task = asyncio.get_running_loop().create_task(self._consume_sync(self._sync_sub))
         if not self.config.should_subscribe_to_kv_events:
             return
         sub = await runtime.namespace(namespace).component(component).subscribe("kv-events")
@@ -128,6 +156,13 @@ class KvRouter:
         self._event_task = asyncio.get_running_loop().create_task(self._consume(sub))
 
     async def close(self) -> None:
+        for task in (self._sync_task, *self._bg):
+            if task is not None:
+                task.cancel()
+        for obj in (self._sync_sub, self._sync_pub):
+            if obj is not None:
+                with contextlib.suppress(Exception):
+                    await obj.close()
         if self._event_task is not None:
             self._event_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -145,6 +180,41 @@ class KvRouter:
                 self.metrics.events_applied.labels("unknown", "invalid_block").inc()
                 continue
             self.apply_event(event)
+
+    # -- replica sync (reference §2.8) -----------------------------------------------------------
+
+    def _sync(self, request_id: str, key: WorkerKey, data: Any) -> None:
+        if self._sync_pub is None:
+            return
+        event = ActiveSequenceEvent(request_id, key[0], key[1], self.router_id, data)
+        task = asyncio.get_running_loop().create_task(self._sync_pub.publish(event))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _consume_sync(self, sub: Any) -> None:
+        async for env in sub:
+            try:
+                ev = env.decode(ActiveSequenceEvent)
+            except Exception:
+                continue
+            if ev.router_id != self.router_id:
+                self.apply_replica_event(ev)
+
+    def apply_replica_event(self, ev: ActiveSequenceEvent) -> None:
+        """Mirror another replica's booking so both see the same worker load."""
+        rid = f"replica-{ev.router_id:x}-{ev.request_id}"
+        key = (ev.worker_id, ev.dp_rank)
+        data = ev.data
+        if isinstance(data, AddRequest):
+            self.sequences.add_worker(key)
+            self.sequences.add_request(rid, key, data.token_sequence, data.isl, data.overlap,
+                                       data.expected_output_tokens, now=time.monotonic())
+        elif data == "MarkPrefillCompleted":
+            self.sequences.mark_prefill_completed(rid)
+        elif data == "Free":
+            self.sequences.free(rid)
+            self._wake_queue()
+        self._publish_load(key)
 
     def apply_event(self, event: RouterEvent) -> str:
         if event.storage_tier != "device":
@@ -306,8 +376,9 @@ class KvRouter:
             key = (sel.worker_id, sel.dp_rank)
             isl = len(request.token_ids)
             expected = routing.expected_output_tokens if routing is not None else None
-            self.sequences.add_request(rid, key, seq if self.config.router_track_active_blocks else None, isl,
-                                       sel.overlap_blocks, expected, now=time.monotonic())
+            tracked = seq if self.config.router_track_active_blocks else None
+            self.sequences.add_request(rid, key, tracked, isl, sel.overlap_blocks, expected, now=time.monotonic())
+            self._sync(rid, key, AddRequest(tracked, isl, sel.overlap_blocks, expected))
             if self.approx is not None:
                 self.approx.process_routing_decision(sel.worker_id, sel.dp_rank, local, seq, now=time.monotonic())
             self._publish_load(key)
@@ -347,6 +418,7 @@ class KvRouter:
                     if not prefilled:
                         prefilled = True
                         self.sequences.mark_prefill_completed(rid)
+                        self._sync(rid, key, "MarkPrefillCompleted")
                         self._publish_load(key)
                         self._wake_queue()
                     if track_output:
@@ -365,6 +437,7 @@ class KvRouter:
 
     def _release(self, rid: str, key: WorkerKey) -> None:
         self.sequences.free(rid)
+        self._sync(rid, key, "Free")
         self._publish_load(key)
         self._wake_queue()
 
