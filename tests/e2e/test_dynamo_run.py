@@ -310,7 +310,7 @@ def test_out_dyn_and_static_endpoint_find_a_separate_mocker(tmp_path: Path) -> N
         found = free_port()
         static = free_port()
         dep.spawn("run-dyn", "-m", "dynamo.run", "in=http", "out=dyn", "--http-host", "127.0.0.1",
-                  "--http-port", str(found), "--router-mode", "random")
+                  "--http-port", str(found), "--router-mode", "kv")
         dep.spawn("run-static", "-m", "dynamo.run", "in=http", "out=dyn://dynamo.backend.generate",
                   "--model-name", "static-qwen", "--model-path", str(QWEN), "--http-host", "127.0.0.1",
                   "--http-port", str(static))
@@ -320,6 +320,10 @@ def test_out_dyn_and_static_endpoint_find_a_separate_mocker(tmp_path: Path) -> N
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
             resp = client.chat.completions.create(model=name, messages=MESSAGES, max_tokens=4)
             assert resp.model == name and resp.usage.completion_tokens == 4
+        # out=dyn with --router-mode kv routes with the KV router, which explains its decision.
+        r = httpx.post(f"http://127.0.0.1:{found}/v1/completions", timeout=30,
+                       json={"model": MODEL, "prompt": "hello", "max_tokens": 2})
+        assert r.status_code == 200 and "worker_id" in r.headers["x-dynamo-routing"]
         # text/stdin/batch reach discovered models too
         res = dynamo_run("in=stdin", "out=dyn", stdin="hello\n", env=dep.env)
         assert res.returncode == 0 and res.stdout.strip(), res.stderr

@@ -27,6 +27,7 @@ from dynamo.frontend.args import FrontendConfig
 from dynamo.frontend.http.app import FrontendApp
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.pipeline import ModelEngine, PipelineOptions
+from dynamo.kv_router.config import KvRouterConfig
 from dynamo.llm.busy import BusyThresholds
 from dynamo.llm.local_router import LocalRouter
 from dynamo.llm.model_manager import WorkerSet
@@ -121,6 +122,13 @@ def frontend_config(config: RunConfig) -> FrontendConfig:
         setattr(fc, name, getattr(config, name))
     fc.model_filter_namespace = config.namespace if config.namespace_explicit else None
     fc.verbose = config.verbose
+    fc.kv_router = KvRouterConfig(
+        overlap_score_weight=config.kv_overlap_score_weight,
+        router_temperature=config.router_temperature,
+        use_kv_events=config.use_kv_events,
+        router_replica_sync=config.router_replica_sync,
+        router_track_active_blocks=config.router_track_active_blocks,
+    ).validate()
     return fc
 
 
