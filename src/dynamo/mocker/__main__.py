@@ -55,7 +55,25 @@ class MockerConfig(RuntimeConfig):
     migration_limit: int = 0
     kv_transfer_bandwidth: float = 64.0
     kv_bytes_per_token: int | None = None
+    kv_cache_dtype: str = "auto"
+    stagger_delay: float = -1.0
+    is_prefill_worker: bool = False
+    is_decode_worker: bool = False
+    bootstrap_ports: str | None = None
+    zmq_kv_events_ports: str | None = None
+    zmq_replay_ports: str | None = None
     verbose: int = 0
+
+    def stagger_secs(self, index: int) -> float:
+        """Delay before starting worker ``index`` (reference: auto = 0 s up to 32 workers, 0.1 s up to
+        128, else 0.2 s, plus a 2 s pause every 32 workers)."""
+        if index == 0:
+            return 0.0
+        if self.stagger_delay >= 0:
+            return self.stagger_delay
+        n = self.num_workers
+        base = 0.0 if n <= 32 else 0.1 if n <= 128 else 0.2
+        return base + (2.0 if n > 32 and index % 32 == 0 else 0.0)
 
     def engine_args(self) -> MockEngineArgs:
         base = {
@@ -75,13 +93,19 @@ class MockerConfig(RuntimeConfig):
             "kv_transfer_bandwidth": self.kv_transfer_bandwidth,
             "kv_bytes_per_token": self.kv_bytes_per_token,
             "durable_kv_events": self.durable_kv_events,
+            "kv_cache_dtype": self.kv_cache_dtype,
         }
         if self.reasoning:
             base["reasoning"] = self.reasoning
         args = MockEngineArgs.from_dict(base)
         if self.extra_engine_args:
             args = MockEngineArgs.from_json(self.extra_engine_args, base=args)
-        if args.worker_type != "aggregated" or self.disaggregation_mode != "agg":
+        for flag, value in (("--zmq-kv-events-ports", self.zmq_kv_events_ports),
+                            ("--zmq-replay-ports", self.zmq_replay_ports)):
+            if value:
+                raise ConfigError(f"{flag} is not available yet; KV events are published on the event plane")
+        if (args.worker_type != "aggregated" or self.disaggregation_mode != "agg" or self.is_prefill_worker
+                or self.is_decode_worker or self.bootstrap_ports):
             raise ConfigError("disaggregated prefill/decode mockers are not available yet; "
                               "use --disaggregation-mode agg")
         return args
@@ -135,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
                  "KV transfer bandwidth in GB/s (disaggregation).", arg_type=float)
     add_argument(e, "--kv-bytes-per-token", "DYN_MOCKER_KV_BYTES_PER_TOKEN", None, "KV bytes per token.",
                  arg_type=int)
+    add_argument(e, "--kv-cache-dtype", "DYN_MOCKER_KV_CACHE_DTYPE", "auto", "KV cache dtype (sizing only).")
+    add_argument(e, "--stagger-delay", "DYN_MOCKER_STAGGER_DELAY", -1.0,
+                 "Seconds between starting workers of --num-workers (-1: automatic).", arg_type=float)
+    add_negatable_bool_argument(e, "--is-prefill-worker", "DYN_MOCKER_IS_PREFILL_WORKER", False,
+                                "Legacy spelling of --disaggregation-mode prefill.")
+    add_negatable_bool_argument(e, "--is-decode-worker", "DYN_MOCKER_IS_DECODE_WORKER", False,
+                                "Legacy spelling of --disaggregation-mode decode.")
+    add_argument(e, "--bootstrap-ports", "DYN_MOCKER_BOOTSTRAP_PORTS", None,
+                 "Prefill workers' KV bootstrap ports (disaggregation; not available yet).")
+    add_argument(e, "--zmq-kv-events-ports", "DYN_MOCKER_ZMQ_KV_EVENTS_PORTS", None,
+                 "Also publish vLLM-native ZMQ KV events on these ports (not available yet).")
+    add_argument(e, "--zmq-replay-ports", "DYN_MOCKER_ZMQ_REPLAY_PORTS", None,
+                 "ZMQ replay ROUTER ports (not available yet).")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v debug, -vv trace (also DYN_LOG).")
     return p
 
@@ -249,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
             await asyncio.sleep(args.startup_time)
         engines = []
         for i in range(config.num_workers):
+            delay = config.stagger_secs(i)
+            if delay:
+                await asyncio.sleep(delay)
             iid = runtime.instance_id if i == 0 else random.getrandbits(63)
             engines.append(await start_worker(runtime, config, args, iid, card))
         await runtime.wait_for_shutdown()
