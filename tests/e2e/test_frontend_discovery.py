@@ -145,3 +145,26 @@ def test_busy_workers_get_503_and_rejections_are_counted():
         pool.shutdown()
     finally:
         dep.close()
+
+
+def test_worker_with_a_different_card_is_rejected_from_the_set():
+    dep = new_deployment()
+    try:
+        dep.mocker("--speedup-ratio", "100", name="good")
+        dep.start_frontend()
+        dep.wait_models({"Qwen3-0.6B"})
+        # Same model name and namespace, different KV block size: a different card checksum.
+        dep.mocker("--speedup-ratio", "100", "--block-size", "16", name="odd")
+
+        def odd_logged() -> bool:
+            return "rejecting worker" in (dep.logdir / "frontend.log").read_text()
+
+        wait_for(odd_logged, 20, what="the mismatched worker to be rejected")
+        _, health = dep.get("/health")
+        assert len(health["instances"]) == 1
+        for _ in range(6):
+            r = httpx.post(dep.url + "/v1/completions", timeout=30,
+                           json={"model": "Qwen3-0.6B", "prompt": "hi", "max_tokens": 2})
+            assert r.status_code == 200
+    finally:
+        dep.close()
