@@ -34,6 +34,8 @@ from dynamo.runtime.shutdown import install_signal_handlers
 
 logger = logging.getLogger("dynamo.router")
 
+INSTANCE_WAIT_SECS = 5.0
+
 
 class RouterConfig(RuntimeConfig):
     endpoint: str = ""
@@ -81,7 +83,13 @@ async def serve(config: RouterConfig, kv_config: Any, runtime: DistributedRuntim
                       runtime_config=lambda wid: configs.get(wid, CardRuntimeConfig()))
     await router.start_events(runtime, target.namespace, target.component)
 
+    async def ready() -> None:
+        # Right after start-up discovery may not have delivered the workers yet: give it a moment.
+        if not client.instance_ids():
+            await client.wait_for_instances(timeout=INSTANCE_WAIT_SECS)
+
     async def generate(request: PreprocessedRequest, ctx: RequestContext) -> Any:
+        await ready()
         _iid, stream = await router.generate(request, {"request-id": ctx.id})
         try:
             async for item in stream:
@@ -92,6 +100,7 @@ async def serve(config: RouterConfig, kv_config: Any, runtime: DistributedRuntim
     async def best_worker_id(request: BestWorkerRequest, ctx: RequestContext) -> Any:
         if not request.token_ids:
             raise errors.InvalidArgument("token_ids must not be empty")
+        await ready()
         worker_id, dp_rank, overlap = router.best_worker(request.token_ids, request.lora_name)
         yield {"worker_id": worker_id, "dp_rank": dp_rank, "overlap_blocks": overlap}
 
