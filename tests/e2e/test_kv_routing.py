@@ -191,13 +191,21 @@ def test_router_replica_sync_shares_active_load():
         other = f"http://127.0.0.1:{other_port}"
         dep.wait_models({MODEL})
         wait_for(lambda: _serves(other), 30, what="second frontend")
-        # Let B build its router (first request) so it is subscribed before A books anything.
+        # B builds its router on its first request; replicas that join late converge on later bookings,
+        # so keep booking long requests through A until B mirrors one (ZMQ joins are asynchronous).
         route(other, [5] * 16)
+        mirrored = False
+        deadline = time.monotonic() + 30
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            long_one = pool.submit(route, dep.url, list(range(500, 564)), 200)
-            # B never saw this request, yet it sees the 4 blocks A booked on the worker.
-            wait_for(lambda: _active_blocks(other) >= 4, 20, what="replica B to mirror A's booking")
-            long_one.result(timeout=60)
+            while not mirrored and time.monotonic() < deadline:
+                long_one = pool.submit(route, dep.url, list(range(500, 564)), 200)
+                while not long_one.done():
+                    if _active_blocks(other) >= 4:  # B never saw this request, yet sees A's 4 blocks
+                        mirrored = True
+                        break
+                    time.sleep(0.05)
+                long_one.result(timeout=60)
+        assert mirrored, "replica B never mirrored A's booking"
         wait_for(lambda: _active_blocks(other) == 0, 20, what="replica B to mirror the free")
     finally:
         dep.close()
