@@ -154,9 +154,6 @@ class FrontendApp:
     # -- OpenAI routes --------------------------------------------------------------------------
 
     def _engine(self, model: str, model_type: str) -> ModelEngine:
-        if not self.manager.has_type(model_type):
-            raise HttpError(404, f"no model serves /v1/{'chat/completions' if model_type == 'chat' else model_type} "
-                                 "yet" if model_type != "completions" else "no model serves /v1/completions yet")
         ws = self.manager.worker_set(model, model_type)
         if ws.engine is None:
             raise errors.Unavailable(f"model '{model}' is still loading")
