@@ -209,3 +209,34 @@ def test_router_replica_sync_shares_active_load():
         wait_for(lambda: _active_blocks(other) == 0, 20, what="replica B to mirror the free")
     finally:
         dep.close()
+
+
+def _metric(url: str, prefix: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(prefix))
+
+
+def test_router_started_after_the_worker_recovers_its_cache_from_a_snapshot():
+    from tests.support.procs import free_port
+
+    dep = new_deployment()
+    try:
+        dep.mocker("--num-workers", "2", "--block-size", str(BS), "--speedup-ratio", "50")
+        # A first frontend caches a prompt on some worker; its events go to that frontend only.
+        dep.start_frontend("--router-mode", "kv")
+        dep.wait_models({MODEL})
+        prompt = list(range(7000, 7096))  # 6 blocks
+        first, _ = route(dep.url, prompt)
+        # A router that starts now has seen none of those events: it reads the workers' snapshots.
+        late_port = free_port()
+        dep.spawn("late", "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(late_port),
+                  "--router-mode", "kv")
+        late = f"http://127.0.0.1:{late_port}"
+        wait_for(lambda: _serves(late), 30, what="late frontend")
+        route(late, [3] * 16)  # builds the late frontend's router (model engines are built on discovery)
+        wait_for(lambda: _metric(late, "dynamo_component_kv_index_recoveries_total") >= 2, 20,
+                 what="both workers' snapshots")
+        decision, _ = route(late, prompt)
+        assert decision["overlap_blocks"] == 6 and decision["worker_id"] == first["worker_id"]
+    finally:
+        dep.close()

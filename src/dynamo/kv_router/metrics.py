@@ -24,6 +24,8 @@ class RouterMetrics:
                                       ["event_type", "status"], registry=reg)
         self.event_gaps = Counter("dynamo_component_kv_cache_event_gaps", "Missed KV events detected",
                                   registry=reg)
+        self.recoveries = Counter("dynamo_component_kv_index_recoveries",
+                                  "Worker indexes rebuilt from the worker's snapshot", ["reason"], registry=reg)
         self.hashing_ms = Histogram("dynamo_router_overhead_block_hashing_ms", "Block hashing time",
                                     buckets=_MS_BUCKETS, registry=reg)
         self.find_matches_ms = Histogram("dynamo_router_overhead_indexer_find_matches_ms", "find_matches time",

@@ -27,6 +27,7 @@ from dynamo.kv_router.indexer import OverlapScores, RadixTree
 from dynamo.kv_router.metrics import RouterMetrics
 from dynamo.kv_router.protocols import ActiveLoad, RouterEvent, decode_router_event
 from dynamo.kv_router.queue import PendingQueue, QueuePolicy, priority_key, should_queue
+from dynamo.kv_router.recovery import KV_DUMP_ENDPOINT, newer_than, parse_dump
 from dynamo.kv_router.selector import Selection, WorkerSelector
 from dynamo.kv_router.sequences import ActiveSequencesMultiWorker, PotentialLoad
 from dynamo.llm.protocols.engine import PreprocessedRequest, RoutingHints
@@ -37,6 +38,9 @@ from dynamo.runtime.client import Client
 logger = logging.getLogger(__name__)
 
 WorkerKey = tuple[int, int]
+
+#: how long a router waits for a new worker's ``kv_dump`` endpoint to appear in discovery
+DUMP_WAIT_SECS = 5.0
 
 
 class AddRequest(msgspec.Struct, tag=True):
@@ -134,6 +138,8 @@ class KvRouter:
         self._sync_sub: Any = None
         self._sync_task: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
+        self._dump_client: Client | None = None
+        self._recovering: dict[int, list[RouterEvent]] = {}
         self._queue: PendingQueue[asyncio.Future[None]] = PendingQueue()
         self._queue_t0 = time.monotonic()
         client.on_change(self._on_instance_change)
@@ -150,10 +156,15 @@ class KvRouter:
             self._sync_task = asyncio.get_running_loop().create_task(self._consume_sync(self._sync_sub))
         if not self.config.should_subscribe_to_kv_events:
             return
-        sub = await runtime.namespace(namespace).component(component).subscribe("kv-events")
+        comp = runtime.namespace(namespace).component(component)
+        sub = await comp.subscribe("kv-events")
         sub.on_gap = self._on_gap
         self._subscriber = sub
         self._event_task = asyncio.get_running_loop().create_task(self._consume(sub))
+        self._dump_client = await comp.endpoint(KV_DUMP_ENDPOINT).client()
+        # Workers already running hold blocks whose events we never saw: start from their snapshots.
+        for wid in self.client.instance_ids():
+            self._schedule_recovery(wid, "initial")
 
     async def close(self) -> None:
         for task in (self._sync_task, *self._bg):
@@ -170,6 +181,8 @@ class KvRouter:
         if self._subscriber is not None:
             with contextlib.suppress(Exception):
                 await self._subscriber.close()
+        if self._dump_client is not None:
+            await self._dump_client.close()
 
     async def _consume(self, sub: Any) -> None:
         async for env in sub:
@@ -219,6 +232,10 @@ class KvRouter:
     def apply_event(self, event: RouterEvent) -> str:
         if event.storage_tier != "device":
             return "ignored"
+        pending = self._recovering.get(event.worker_id)
+        if pending is not None:
+            pending.append(event)  # replayed after the worker's snapshot
+            return "buffered"
         status = self.indexer.apply_event(event)
         kind = type(event.event.data).__name__.removeprefix("Kv").lower()
         self.metrics.events_applied.labels(kind, status).inc()
@@ -228,10 +245,48 @@ class KvRouter:
 
     def _on_gap(self, publisher_id: int, expected: int, got: int) -> None:
         self.metrics.event_gaps.inc(got - expected)
-        logger.warning("missed %d KV events from worker %x: its cached-block view may be stale",
-                       got - expected, publisher_id)
+        logger.warning("missed %d KV events from worker %x; re-reading its cache", got - expected, publisher_id)
+        self._schedule_recovery(publisher_id, "gap")
+
+    # -- recovery from worker snapshots (reference §2.7) -------------------------------------------
+
+    def _schedule_recovery(self, worker_id: int, why: str) -> None:
+        if self._dump_client is None or worker_id in self._recovering:
+            return
+        self._recovering[worker_id] = []
+        task = asyncio.get_running_loop().create_task(self._recover(worker_id, why))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _recover(self, worker_id: int, why: str) -> None:
+        buffered: list[RouterEvent] = []
+        try:
+            assert self._dump_client is not None
+            if not await self._dump_client.wait_for_instance(worker_id, DUMP_WAIT_SECS):
+                return  # a worker without kv_dump (e.g. a real engine behind the ZMQ bridge)
+            reply = None
+            async for item in await self._dump_client.direct({}, worker_id):
+                reply = item
+            last_ids, events = parse_dump(reply)
+            buffered = self._recovering.get(worker_id, [])
+            self.indexer.clear_worker(worker_id)
+            for ev in events:
+                self.indexer.apply_event(ev)
+            for ev in buffered:
+                if newer_than(ev, last_ids):
+                    self.apply_event(ev)
+            self.metrics.recoveries.labels(why).inc()
+            logger.info("rebuilt worker %x's index from its snapshot (%s): %d events", worker_id, why, len(events))
+        except (errors.DynamoError, ValueError) as exc:
+            logger.warning("cannot recover worker %x's KV index (%s): %s", worker_id, why, exc)
+            for ev in self._recovering.get(worker_id, []):
+                self.apply_event(ev)
+        finally:
+            self._recovering.pop(worker_id, None)
 
     def _on_instance_change(self, kind: str, instance: Any) -> None:
+        if kind == "added":
+            self._schedule_recovery(instance.instance_id, "new worker")
         if kind == "removed":
             self.indexer.remove_worker(instance.instance_id)
             self.sequences.remove_worker(instance.instance_id)

@@ -16,7 +16,9 @@ from typing import Any
 from dynamo.common import cli
 from dynamo.common.configuration import add_argument, add_negatable_bool_argument, dump_config
 from dynamo.common.configuration.groups import RuntimeArgGroup, RuntimeConfig
+from dynamo.kv_router.indexer import RadixTree
 from dynamo.kv_router.protocols import ActiveLoad, RouterEvent
+from dynamo.kv_router.recovery import KV_DUMP_ENDPOINT
 from dynamo.llm.model_registration import build_card, register_llm
 from dynamo.llm.protocols.engine import PreprocessedRequest
 from dynamo.llm.protocols.model_card import RuntimeConfig as CardRuntimeConfig
@@ -239,10 +241,19 @@ async def start_worker(runtime: DistributedRuntime, config: MockerConfig, args: 
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    # A local index of this worker's own events answers routers that missed some (``kv_dump``).
+    local_index = RadixTree()
+    last_ids: dict[int, int] = {}
+
     def kv_sink(events: list[RouterEvent]) -> None:
-        if kv_pub is not None:
-            for ev in events:
+        for ev in events:
+            local_index.apply_event(ev)
+            last_ids[ev.event.dp_rank] = ev.event.event_id
+            if kv_pub is not None:
                 fire(kv_pub.publish(ev.to_wire()))
+
+    async def kv_dump(request: Any, ctx: Any) -> Any:
+        yield {"last_event_ids": dict(last_ids), "events": [e.to_wire() for e in local_index.dump_events()]}
 
     def load_sink(rank: int, used: int) -> None:
         if load_pub is not None:
@@ -258,6 +269,8 @@ async def start_worker(runtime: DistributedRuntime, config: MockerConfig, args: 
     engine = MockerEngine(args, instance_id, kv_sink=kv_sink, load_sink=load_sink, pass_sink=pass_sink)
     engine.start()
     await endpoint.start_serving(engine.generate, request_type=PreprocessedRequest, instance_id=instance_id)
+    dump_ep = runtime.namespace(endpoint.namespace).component(endpoint.component).endpoint(KV_DUMP_ENDPOINT)
+    await dump_ep.start_serving(kv_dump, instance_id=instance_id)
     await register_llm(endpoint, card, instance_id)
     logger.info("mocker worker %x serving %r on %s (block size %d, %d KV blocks, speedup %g)",
                 instance_id, card.name, endpoint.url, args.block_size, args.num_gpu_blocks, args.speedup_ratio)

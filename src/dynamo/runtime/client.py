@@ -150,6 +150,20 @@ class Client:
             ep = self.endpoint
             raise errors.Unavailable(f"no instances of {ep.url} after {timeout}s") from exc
 
+    async def wait_for_instance(self, instance_id: int, timeout: float) -> bool:
+        """Wait until ``instance_id`` is live; False after ``timeout`` seconds."""
+
+        async def wait() -> None:
+            while instance_id not in self.instance_ids():
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     # -- routing ---------------------------------------------------------------------------------
 
     def _require_ids(self) -> list[int]:
