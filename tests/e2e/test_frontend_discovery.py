@@ -87,16 +87,20 @@ def test_make_run_serves_a_request(tmp_path):
             except (httpx.HTTPError, ValueError, KeyError):
                 return False
 
-        wait_for(ready, 60, interval=0.2, what="make run to come up")
+        try:
+            wait_for(ready, 60, interval=0.2, what="make run to come up")
+        except TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(proc.communicate()[0].decode()[-3000:]) from None
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
                        json={"model": "Qwen3-0.6B", "messages": [{"role": "user", "content": "Hello!"}],
                              "max_tokens": 5})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         out, _ = proc.communicate(timeout=30)
-        # make itself re-raises SIGINT (-2); what matters is the clean stop of everything it started.
-        assert proc.returncode in (0, -signal.SIGINT, 130)
         text = out.decode()
+        # make itself re-raises SIGINT (-2); what matters is the clean stop of everything it started.
+        assert proc.returncode in (0, -signal.SIGINT, 130), text
         assert f"http://localhost:{port}/v1" in text and "curl" in text and "stopped" in text
     finally:
         if proc.poll() is None:

@@ -83,8 +83,12 @@ def main() -> int:
             print("Press Ctrl-C to stop.", flush=True)
             while not stopping["now"]:
                 if any(p.poll() is not None for p in procs):
-                    print("dynamo: a component exited; stopping", file=sys.stderr)
-                    code = 1
+                    # Ctrl-C in a terminal reaches the whole process group: a component may stop a
+                    # moment before our own handler has run. That is a requested stop, not a failure.
+                    time.sleep(0.5)
+                    if not stopping["now"]:
+                        print("dynamo: a component exited; stopping", file=sys.stderr)
+                        code = 1
                     break
                 time.sleep(0.2)
     finally:
