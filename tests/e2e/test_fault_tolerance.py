@@ -534,7 +534,8 @@ async def _registered_instances(etcd_url: str, namespace: str, expected: int) ->
     host, port = etcd_url.removeprefix("http://").split(":")
     client = aetcd.Client(host=host, port=int(port), timeout=2)
     try:
-        res = await client.get_prefix(registry.instances_prefix(namespace).encode())
+        # One ``generate`` instance per worker (workers also serve ``kv_dump``).
+        res = await client.get_prefix(registry.instances_prefix(namespace, "backend", "generate").encode())
         return len(res.kvs) == expected
     except Exception:  # etcd still starting: not settled yet
         return False

@@ -76,32 +76,35 @@ def test_instance_gone_before_store_notices_gives_503_not_hang():
 
 
 def test_make_run_serves_a_request(tmp_path):
+    import threading
+
     port = free_port()
     env = {**os.environ, "DYN_HTTP_PORT": str(port), "DYN_MODEL_PATH": str(QWEN), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(["make", "-s", "run", f"VENV={sys.prefix}"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(ln.decode(errors="replace") for ln in proc.stdout),
+                              daemon=True)
+    reader.start()
     try:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).json()["data"] != []
-            except (httpx.HTTPError, ValueError, KeyError):
-                return False
-
+        # Ready for a user once the banner with the URL and the curl is printed.
         try:
-            wait_for(ready, 60, interval=0.2, what="make run to come up")
+            wait_for(lambda: any("Press Ctrl-C" in ln for ln in lines), 60, interval=0.2, what="make run banner")
         except TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError(proc.communicate()[0].decode()[-3000:]) from None
+            raise AssertionError("".join(lines)[-3000:]) from None
+        text = "".join(lines)
+        assert f"http://localhost:{port}/v1" in text and "curl" in text
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
                        json={"model": "Qwen3-0.6B", "messages": [{"role": "user", "content": "Hello!"}],
                              "max_tokens": 5})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        out, _ = proc.communicate(timeout=30)
-        text = out.decode()
+        proc.wait(30)
+        reader.join(10)
+        text = "".join(lines)
         # make itself re-raises SIGINT (-2); what matters is the clean stop of everything it started.
-        assert proc.returncode in (0, -signal.SIGINT, 130), text
-        assert f"http://localhost:{port}/v1" in text and "curl" in text and "stopped" in text
+        assert proc.returncode in (0, -signal.SIGINT, 130), text[-3000:]
+        assert "dynamo: stopped" in text and "a component exited" not in text
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

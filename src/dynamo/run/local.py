@@ -31,10 +31,11 @@ def default_model() -> str:
     return HUB_ID
 
 
-def wait_for_model(port: int, name: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> bool:
+def wait_for_model(port: int, name: str, procs: list[subprocess.Popen[bytes]], stopping: dict[str, bool],
+                   timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{port}/v1/models"
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopping["now"]:
         if any(p.poll() is not None for p in procs):
             return False
         try:
@@ -71,9 +72,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     code = 0
     try:
-        if not wait_for_model(port, name, procs):
-            print("dynamo: the deployment did not come up; see the log above", file=sys.stderr)
-            code = 1
+        if not wait_for_model(port, name, procs, stopping):
+            if not stopping["now"]:
+                print("dynamo: the deployment did not come up; see the log above", file=sys.stderr)
+                code = 1
         else:
             base = f"http://localhost:{port}"
             print(f"\nDynamo-Py is serving {name!r} with {workers} mocker workers at {base}/v1\n")
