@@ -95,9 +95,15 @@ def convert_batch(batch: Any, worker_id: int, ids: EventIds, block_size: int | N
 
 
 class ZmqKvEventBridge:
-    """Subscribes to an engine's ZMQ KV event socket and republishes RouterEvents."""
+    """Subscribes to an engine's ZMQ KV event socket and republishes RouterEvents.
 
-    def __init__(self, endpoint: str, worker_id: int, publish: Callable[[RouterEvent], Any],
+    Either connects to an engine that binds its PUB socket (``endpoint``), or — :meth:`bind`, called
+    before the engine starts — binds a SUB socket on loopback that the engine's PUB connects to. The
+    second way takes a port from the kernel (no race with other processes picking ports) and never
+    listens beyond this host.
+    """
+
+    def __init__(self, endpoint: str | None, worker_id: int, publish: Callable[[RouterEvent], Any],
                  block_size: int | None = None, topic: bytes = b"") -> None:
         self.endpoint = endpoint
         self.worker_id = worker_id
@@ -108,7 +114,45 @@ class ZmqKvEventBridge:
         self.converted = 0
         self.invalid = 0
         self._task: asyncio.Task[None] | None = None
+        self._sock: Any = None
         self._decoder = msgspec.msgpack.Decoder()
+
+    def bind(self, host: str = "127.0.0.1", ranks: int = 1) -> str:
+        """Bind the SUB side; returns the endpoint for the engine's PUB to connect to.
+
+        An engine with ``ranks`` data-parallel ranks publishes rank ``r`` on port ``base + r``, so
+        that many consecutive ports are bound.
+        """
+        import random
+
+        import zmq
+        import zmq.asyncio
+
+        sock = zmq.asyncio.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.SUBSCRIBE, self.topic)
+        if ranks == 1:
+            sock.bind(f"tcp://{host}:0")
+            self.endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        else:
+            for _ in range(100):
+                base = random.randint(20000, 60000 - ranks)
+                bound: list[str] = []
+                try:
+                    for r in range(ranks):
+                        sock.bind(f"tcp://{host}:{base + r}")
+                        bound.append(f"tcp://{host}:{base + r}")
+                except zmq.ZMQError:
+                    for ep in bound:
+                        sock.unbind(ep)
+                    continue
+                self.endpoint = bound[0]
+                break
+            else:
+                sock.close(linger=0)
+                raise OSError(f"no {ranks} consecutive free ports on {host} for KV events")
+        self._sock = sock
+        return str(self.endpoint)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -118,22 +162,26 @@ class ZmqKvEventBridge:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        elif self._sock is not None:
+            self._sock.close(linger=0)
 
     async def _run(self) -> None:
         import zmq
         import zmq.asyncio
 
-        ctx = zmq.asyncio.Context.instance()
-        sock = ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.SUBSCRIBE, self.topic)
-        sock.connect(self.endpoint)
+        sock = self._sock
+        if sock is None:
+            sock = zmq.asyncio.Context.instance().socket(zmq.SUB)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            sock.setsockopt(zmq.SUBSCRIBE, self.topic)
+            sock.connect(self.endpoint)
         try:
             while True:
                 frames = await sock.recv_multipart()
                 self.handle(frames[-1])
         finally:
             sock.close(linger=0)
+            self._sock = None
 
     def handle(self, payload: bytes) -> list[RouterEvent]:
         try:
@@ -148,3 +196,83 @@ class ZmqKvEventBridge:
                 asyncio.get_running_loop().create_task(result)
         self.converted += len(events)
         return events
+
+
+class WorkerPublisher:
+    """What an engine worker publishes about itself, on its namespace's event plane.
+
+    * ``kv-events``: RouterEvents, also applied to a local index of this worker's own cache so that
+      :meth:`kv_dump` can answer a router that missed some (reference §2.7);
+    * ``kv_metrics``: KV blocks in use per dp rank, when it changes (busy detection, load routing);
+    * ``forward-pass-metrics``: per-iteration engine stats summed over short windows.
+
+    Every method is synchronous and never blocks the engine: publishes are fired as tasks that this
+    object keeps referenced until they finish. Without an event plane it still keeps the local index.
+    """
+
+    def __init__(self, worker_id: int, kv_pub: Any = None, load_pub: Any = None, fpm_pub: Any = None) -> None:
+        from dynamo.kv_router.indexer import RadixTree
+        from dynamo.llm.forward_pass import ForwardPassWindow
+
+        self.worker_id = worker_id
+        self._kv_pub = kv_pub
+        self._load_pub = load_pub
+        self._fpm_pub = fpm_pub
+        self._index = RadixTree()
+        self._last_ids: dict[int, int] = {}
+        self._last_used: dict[int, int] = {}
+        self._window = ForwardPassWindow(worker_id)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    async def create(cls, runtime: Any, namespace: str, component: str, worker_id: int) -> WorkerPublisher:
+        try:
+            plane = runtime.event_plane()
+            return cls(
+                worker_id,
+                await plane.publisher(namespace, component, "kv-events", publisher_id=worker_id),
+                await plane.publisher(namespace, None, "kv_metrics", publisher_id=worker_id),
+                await plane.publisher(namespace, component, "forward-pass-metrics", publisher_id=worker_id),
+            )
+        except Exception as exc:
+            logger.warning("event plane unavailable (%s): KV events and load metrics will not be published", exc)
+            return cls(worker_id)
+
+    def _fire(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def kv_events(self, events: Sequence[RouterEvent]) -> None:
+        for ev in events:
+            self._index.apply_event(ev)
+            self._last_ids[ev.event.dp_rank] = ev.event.event_id
+            if self._kv_pub is not None:
+                self._fire(self._kv_pub.publish(ev.to_wire()))
+
+    def kv_event(self, event: RouterEvent) -> None:
+        self.kv_events((event,))
+
+    def load(self, dp_rank: int, kv_used_blocks: int, *, force: bool = False) -> None:
+        """Report KV blocks in use on ``dp_rank`` (only when it changed, unless ``force``)."""
+        if not force and self._last_used.get(dp_rank) == kv_used_blocks:
+            return
+        self._last_used[dp_rank] = kv_used_blocks
+        if self._load_pub is not None:
+            from dynamo.kv_router.protocols import ActiveLoad
+
+            self._fire(self._load_pub.publish(
+                ActiveLoad(worker_id=self.worker_id, dp_rank=dp_rank, kv_used_blocks=kv_used_blocks)))
+
+    def forward_pass(self, dp_rank: int, now: float, **fields: Any) -> None:
+        """Account one engine iteration (see :meth:`ForwardPassWindow.add` for the fields)."""
+        report = self._window.add(dp_rank, now, **fields)
+        if report is not None and self._fpm_pub is not None:
+            self._fire(self._fpm_pub.publish(report))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The ``kv_dump`` reply: cached blocks as stored events plus the last event id per dp rank."""
+        return {"last_event_ids": dict(self._last_ids), "events": [e.to_wire() for e in self._index.dump_events()]}
+
+    async def kv_dump(self, request: Any, ctx: Any) -> Any:
+        yield self.snapshot()

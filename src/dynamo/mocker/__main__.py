@@ -16,8 +16,7 @@ from typing import Any
 from dynamo.common import cli
 from dynamo.common.configuration import add_argument, add_negatable_bool_argument, dump_config
 from dynamo.common.configuration.groups import RuntimeArgGroup, RuntimeConfig
-from dynamo.kv_router.indexer import RadixTree
-from dynamo.kv_router.protocols import ActiveLoad, RouterEvent
+from dynamo.kv_router.publisher import WorkerPublisher
 from dynamo.kv_router.recovery import KV_DUMP_ENDPOINT
 from dynamo.llm.model_registration import build_card, register_llm
 from dynamo.llm.protocols.engine import PreprocessedRequest
@@ -178,37 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class ForwardPassWindow:
-    """Forward-pass metrics summed over ~100 ms windows per rank (flushed when the rank goes idle): at
-    high speedup ratios a pass lasts microseconds, and one event per pass would cost more than the pass."""
-
-    WINDOW_SECS = 0.1
-
-    def __init__(self, worker_id: int) -> None:
-        self.worker_id = worker_id
-        self._acc: dict[int, dict[str, Any]] = {}
-
-    def add(self, rank: int, r: PassResult, now: float) -> dict[str, Any] | None:
-        acc = self._acc.get(rank)
-        if acc is None:
-            acc = self._acc[rank] = {"start": now, "passes": 0, "scheduled_tokens": 0, "prefill_ms": 0.0,
-                                     "decode_ms": 0.0, "emitted_tokens": 0, "preempted": 0}
-        acc["passes"] += 1
-        acc["scheduled_tokens"] += r.num_scheduled_tokens
-        acc["prefill_ms"] += r.prefill_ms
-        acc["decode_ms"] += r.decode_ms
-        acc["emitted_tokens"] += len(r.emitted)
-        acc["preempted"] += len(r.preempted)
-        idle = r.num_running == 0 and r.num_waiting == 0
-        if now - acc["start"] < self.WINDOW_SECS and not idle:
-            return None
-        del self._acc[rank]
-        report = {k: v for k, v in acc.items() if k != "start"}
-        report.update(worker_id=self.worker_id, dp_rank=rank, window_s=round(now - acc["start"], 4),
-                      num_running=r.num_running, num_waiting=r.num_waiting, kv_used_blocks=r.active_blocks)
-        return report
-
-
 def mocker_card(config: MockerConfig, args: MockEngineArgs) -> Any:
     return build_card(
         config.model_path, config.model_name, context_length=config.context_length,
@@ -223,54 +191,19 @@ def mocker_card(config: MockerConfig, args: MockEngineArgs) -> Any:
 async def start_worker(runtime: DistributedRuntime, config: MockerConfig, args: MockEngineArgs,
                        instance_id: int, card: Any) -> MockerEngine:
     endpoint = runtime.endpoint(config.endpoint or f"dyn://{config.namespace}.backend.generate")
-    kv_pub: Any = None
-    load_pub: Any = None
-    fpm_pub: Any = None
-    try:
-        plane = runtime.event_plane()
-        kv_pub = await plane.publisher(endpoint.namespace, endpoint.component, "kv-events", publisher_id=instance_id)
-        load_pub = await plane.publisher(endpoint.namespace, None, "kv_metrics", publisher_id=instance_id)
-        fpm_pub = await plane.publisher(endpoint.namespace, endpoint.component, "forward-pass-metrics",
-                                        publisher_id=instance_id)
-    except Exception as exc:
-        logger.warning("event plane unavailable (%s): KV events and load metrics will not be published", exc)
-    tasks: set[asyncio.Task[Any]] = set()
+    pub = await WorkerPublisher.create(runtime, endpoint.namespace, endpoint.component, instance_id)
 
-    def fire(coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    def pass_sink(rank: int, r: PassResult) -> None:
+        pub.forward_pass(rank, time.monotonic(), num_running=r.num_running, num_waiting=r.num_waiting,
+                         kv_used_blocks=r.active_blocks, scheduled_tokens=r.num_scheduled_tokens,
+                         emitted_tokens=len(r.emitted), prefill_ms=r.prefill_ms, decode_ms=r.decode_ms,
+                         preempted=len(r.preempted))
 
-    # A local index of this worker's own events answers routers that missed some (``kv_dump``).
-    local_index = RadixTree()
-    last_ids: dict[int, int] = {}
-
-    def kv_sink(events: list[RouterEvent]) -> None:
-        for ev in events:
-            local_index.apply_event(ev)
-            last_ids[ev.event.dp_rank] = ev.event.event_id
-            if kv_pub is not None:
-                fire(kv_pub.publish(ev.to_wire()))
-
-    async def kv_dump(request: Any, ctx: Any) -> Any:
-        yield {"last_event_ids": dict(last_ids), "events": [e.to_wire() for e in local_index.dump_events()]}
-
-    def load_sink(rank: int, used: int) -> None:
-        if load_pub is not None:
-            fire(load_pub.publish(ActiveLoad(worker_id=instance_id, dp_rank=rank, kv_used_blocks=used)))
-
-    fpm = ForwardPassWindow(instance_id)
-
-    def pass_sink(rank: int, result: PassResult) -> None:
-        report = fpm.add(rank, result, time.monotonic())
-        if report is not None and fpm_pub is not None:
-            fire(fpm_pub.publish(report))
-
-    engine = MockerEngine(args, instance_id, kv_sink=kv_sink, load_sink=load_sink, pass_sink=pass_sink)
+    engine = MockerEngine(args, instance_id, kv_sink=pub.kv_events, load_sink=pub.load, pass_sink=pass_sink)
     engine.start()
     await endpoint.start_serving(engine.generate, request_type=PreprocessedRequest, instance_id=instance_id)
     dump_ep = runtime.namespace(endpoint.namespace).component(endpoint.component).endpoint(KV_DUMP_ENDPOINT)
-    await dump_ep.start_serving(kv_dump, instance_id=instance_id)
+    await dump_ep.start_serving(pub.kv_dump, instance_id=instance_id)
     await register_llm(endpoint, card, instance_id)
     logger.info("mocker worker %x serving %r on %s (block size %d, %d KV blocks, speedup %g)",
                 instance_id, card.name, endpoint.url, args.block_size, args.num_gpu_blocks, args.speedup_ratio)

@@ -79,6 +79,8 @@ class LLMEngineOutput(msgspec.Struct, omit_defaults=True):
     stop_reason: str | None = None
     cum_log_probs: float | None = None
     log_probs: list[float] | None = None
+    #: per token, the most likely candidates as ``(token_id, logprob)`` (when logprobs were asked for)
+    top_logprobs: list[list[tuple[int, float]]] | None = None
     index: int | None = None
     disaggregated_params: Any = None
     completion_usage: CompletionUsage | None = None
@@ -93,7 +95,8 @@ def merge_outputs(a: LLMEngineOutput, b: LLMEngineOutput) -> LLMEngineOutput | N
     """
     if (a.finish_reason is not None or a.text is not None or a.log_probs is not None or a.index != b.index
             or a.completion_usage is not None or a.extra_args is not None or a.disaggregated_params is not None
-            or a.cum_log_probs is not None or b.text is not None or b.log_probs is not None):
+            or a.cum_log_probs is not None or a.top_logprobs is not None or b.text is not None
+            or b.log_probs is not None or b.top_logprobs is not None):
         return None
     b.token_ids = a.token_ids + b.token_ids
     return b
