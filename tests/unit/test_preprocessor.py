@@ -203,3 +203,21 @@ def test_end_to_end_with_stop_checker(qwen_pp: OpenAIPreprocessor) -> None:
             break
     assert out == "The capital of France is"
     assert (sc.finish_reason, sc.stop_reason) == ("stop", " Paris")
+
+
+def test_request_over_the_context_length_does_not_enter_the_render_cache() -> None:
+    card = ModelDeploymentCard(name="q", model_path=str(QWEN3), context_length=64)
+    pp = OpenAIPreprocessor.from_card(card)
+    cache = pp.chat_template.render_cache  # type: ignore[union-attr]
+    long = chat(messages=[{"role": "user", "content": "word " * 200}])
+    with pytest.raises(InvalidArgument, match="maximum context length is 64"):
+        pp.preprocess_chat(long)
+    assert len(cache) == 0
+    with pytest.raises(InvalidArgument):
+        pp.preprocess_chat(long)
+    assert len(cache) == 0 and cache.hits == 0
+    # A request that fits is remembered, and served from the cache the second time.
+    short = chat(messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    first = pp.preprocess_chat(short)
+    assert len(cache) == 1
+    assert pp.preprocess_chat(short).request.token_ids == first.request.token_ids and cache.hits == 1

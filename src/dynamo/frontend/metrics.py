@@ -62,6 +62,8 @@ class FrontendMetrics:
                              buckets=_buckets("ITL", 0.001, 2, 13), registry=reg)
         self.tokenizer_latency = Histogram(f"{p}_tokenizer_latency_ms", "Preprocessing time (ms)", m,
                                            buckets=log_buckets(0.01, 1000, 12), registry=reg)
+        self.preprocess_offloaded = Counter(f"{p}_preprocess_offloaded",
+                                            "Requests templated and tokenized on a helper thread", m, registry=reg)
         self.rejections = Counter(f"{p}_model_rejection", "Requests rejected because workers were busy",
                                   ["model", "endpoint"], registry=reg)
         self.cancellations = Counter(f"{p}_model_cancellation", "Requests cancelled by the client", m,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from dynamo.kv_router.protocols import ActiveLoad
 from dynamo.llm.busy import BusyMonitor, BusyThresholds
 from dynamo.llm.model_manager import WorkerSet
 from dynamo.llm.postprocessor.stop import StepResult, StopChecker
-from dynamo.llm.preprocessor.request import OpenAIPreprocessor, PreprocessResult
+from dynamo.llm.preprocessor.request import OpenAIPreprocessor, PreprocessResult, chat_request_chars
 from dynamo.llm.protocols import openai as oai
 from dynamo.llm.protocols.engine import LLMEngineOutput, PreprocessedRequest
 from dynamo.llm.push_router import PushRouter
@@ -29,13 +30,22 @@ from dynamo.runtime import errors
 
 logger = logging.getLogger(__name__)
 
-#: prompts longer than this many characters are tokenized off the event loop
+#: requests bigger than this many characters (messages in any content shape, tool calls, tool
+#: definitions: ``chat_request_chars``) are templated and tokenized off the event loop
 OFFLOAD_CHARS = 16_000
-#: with this many requests in flight, tokenization moves to a helper thread: the Rust tokenizer
-#: releases the GIL, so a saturated frontend gains a second core; below it the thread hop would only
-#: add latency
+#: with this many requests in flight, every request is preprocessed on the pool (below it the thread
+#: hop would only add latency)
 OFFLOAD_INFLIGHT = 16
-_TOKENIZE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynamo-tokenize")
+#: Preprocessing threads. The Rust tokenizer releases the GIL while it encodes, so several threads
+#: tokenize long prompts on several cores at once, and one long prompt no longer queues behind
+#: another. Jinja templating is pure Python and holds the GIL: offloading it adds no throughput, but
+#: the loop thread gets the GIL back every switch interval (5 ms), so one huge render cannot stall
+#: every other stream for its whole duration.
+#: ``DYN_PREPROCESS_THREADS`` overrides the default of 4 (also on a small host: a second long prompt
+#: must not wait behind the first even when there is only one core to share).
+PREPROCESS_THREADS = max(int(os.environ.get("DYN_PREPROCESS_THREADS") or 4), 1)
+_PREPROCESS_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=PREPROCESS_THREADS,
+                                                         thread_name_prefix="dynamo-preprocess")
 
 
 @dataclass
@@ -121,12 +131,14 @@ class ModelEngine:
         inflight = getattr(self.router, "inflight", None)
         return bool(inflight) and sum(inflight.values()) >= OFFLOAD_INFLIGHT
 
+    async def _offload(self, fn: Any, req: Any, request_id: str) -> Any:
+        self.metrics.preprocess_offloaded.labels(self.model).inc()
+        return await asyncio.get_running_loop().run_in_executor(_PREPROCESS_POOL, fn, req, request_id)
+
     async def preprocess_chat(self, req: oai.ChatCompletionRequest, request_id: str) -> PreprocessResult:
         t0 = time.perf_counter()
-        size = sum(len(m.content) if isinstance(m.content, str) else 256 for m in req.messages)
-        if size > OFFLOAD_CHARS or self._busy():
-            res = await asyncio.get_running_loop().run_in_executor(
-                _TOKENIZE_POOL, self.preprocessor.preprocess_chat, req, request_id)
+        if chat_request_chars(req) > OFFLOAD_CHARS or self._busy():
+            res = await self._offload(self.preprocessor.preprocess_chat, req, request_id)
         else:
             res = self.preprocessor.preprocess_chat(req, request_id)
         self.metrics.tokenizer_latency.labels(self.model).observe((time.perf_counter() - t0) * 1000)
@@ -138,8 +150,7 @@ class ModelEngine:
         size = len(prompt) if isinstance(prompt, str) else 0
         if size > OFFLOAD_CHARS or self._busy() or (isinstance(prompt, list) and prompt
                                                     and isinstance(prompt[0], str)):
-            res = await asyncio.get_running_loop().run_in_executor(
-                _TOKENIZE_POOL, self.preprocessor.preprocess_completion, req, request_id)
+            res = await self._offload(self.preprocessor.preprocess_completion, req, request_id)
         else:
             res = self.preprocessor.preprocess_completion(req, request_id)
         self.metrics.tokenizer_latency.labels(self.model).observe((time.perf_counter() - t0) * 1000)

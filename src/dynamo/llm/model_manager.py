@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from dynamo.llm.model_files import localize_card
 from dynamo.llm.protocols.engine import LLMEngineOutput, merge_outputs
 from dynamo.llm.protocols.model_card import ModelDeploymentCard
 from dynamo.runtime import errors
@@ -119,6 +120,14 @@ class ModelManager:
                 return
             if ws is None:
                 ep = (entry.namespace, entry.component, entry.endpoint)
+                try:
+                    # The worker's model_path may be on another host: load from a verified local copy.
+                    card = await localize_card(card, self.runtime.store)
+                except Exception:
+                    logger.exception("cannot load the model files of %r (worker %x)", card.name, entry.instance_id)
+                    if not sets:
+                        del self.sets[card.name]
+                    return
                 ws = WorkerSet(entry.namespace, card.name, prefill, card, checksum, ep)
                 ws.client = await self._client(ep)
                 try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -23,12 +23,22 @@ import jinja2.ext
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from dynamo.llm.preprocessor.render_cache import RENDER_CACHE_BYTES, RenderCache
+
 DEFAULT_TEMPLATE_NAME = "default"
 TOOL_USE_TEMPLATE_NAME = "tool_use"
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
 _HTML_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", ord("'"): "\\u0027"}
 _PROBE = "\u2063dynamo-content-probe\u2063"
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A rendered prompt and its cache key (None when the render may not be cached)."""
+
+    text: str
+    key: bytes | None = None
 
 
 class ChatTemplateError(ValueError):
@@ -144,14 +154,13 @@ class ChatTemplate:
 
     __slots__ = (
         "_arrays_only",
-        "_cache",
-        "_cache_size",
         "_cacheable",
         "_compiled",
         "_mentions_reasoning",
         "base_context",
         "escape_html",
         "exclude_tools_when_tool_choice_none",
+        "render_cache",
         "templates",
     )
 
@@ -166,12 +175,13 @@ class ChatTemplate:
         extra_context: Mapping[str, Any] | None = None,
         exclude_tools_when_tool_choice_none: bool = True,
         escape_html: bool = False,
-        render_cache_size: int = 256,
+        render_cache_bytes: int = RENDER_CACHE_BYTES,
     ) -> None:
         """``source``: a template string, HF's list of ``{name, template}``, or a name->source map.
 
         ``escape_html=True`` makes ``tojson`` escape ``< > & '`` as ``\\u003c``… like minijinja's.
         ``extra_context``: mixins such as ``date_string``; request kwargs still win over them.
+        ``render_cache_bytes``: budget of the render cache (0 disables it).
         """
         self.templates = _named_templates(source)
         self.escape_html = escape_html
@@ -187,9 +197,8 @@ class ChatTemplate:
         sources = "".join(self.templates.values())
         self._mentions_reasoning = "reasoning_content" in sources
         # Time-dependent templates must not be memoised.
-        self._cacheable = render_cache_size > 0 and "strftime_now" not in sources and "now(" not in sources
-        self._cache: OrderedDict[bytes, str] = OrderedDict()
-        self._cache_size = render_cache_size
+        self._cacheable = render_cache_bytes > 0 and "strftime_now" not in sources and "now(" not in sources
+        self.render_cache = RenderCache(render_cache_bytes)
         self._arrays_only = self._probe_arrays_only()
 
     @classmethod
@@ -293,7 +302,28 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         normalize: bool = True,
     ) -> str:
-        """Render the prompt. ``add_generation_prompt`` is always true in the frontend (§4.1)."""
+        """Render the prompt and remember it. ``add_generation_prompt`` is always true in the frontend (§4.1)."""
+        rendered = self.render_keyed(messages, tools=tools, tool_choice=tool_choice,
+                                     chat_template_kwargs=chat_template_kwargs,
+                                     add_generation_prompt=add_generation_prompt, normalize=normalize)
+        self.remember(rendered)
+        return rendered.text
+
+    def render_keyed(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+        add_generation_prompt: bool = True,
+        normalize: bool = True,
+    ) -> Rendered:
+        """Render (or find in the cache) without caching the result.
+
+        The caller passes the result to :meth:`remember` once the prompt proved usable, so that
+        rejected requests (over the context length) take no room in the cache.
+        """
         if tool_choice == "none" and self.exclude_tools_when_tool_choice_none:
             tools = None
         if not tools:
@@ -309,10 +339,9 @@ class ChatTemplate:
             except TypeError:
                 key = None
             if key is not None:
-                hit = self._cache.get(key)
+                hit = self.render_cache.get(key)
                 if hit is not None:
-                    self._cache.move_to_end(key)
-                    return hit
+                    return Rendered(hit)  # already cached: nothing to remember
 
         ctx = dict(self.base_context)
         ctx["messages"] = msgs
@@ -331,13 +360,11 @@ class ChatTemplate:
             raise ChatTemplateError(f"chat template error: {exc}") from exc
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
             raise ChatTemplateError(f"chat template failed to render: {exc}") from exc
+        return Rendered(text, key)
 
-        if key is not None:
-            self._cache[key] = text
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return text
-
+    def remember(self, rendered: Rendered) -> None:
+        if rendered.key is not None:
+            self.render_cache.put(rendered.key, rendered.text)
 
     def _render_fallbacks(self, name: str, ctx: dict[str, Any], messages: Sequence[Mapping[str, Any]]) -> str:
         """Retry a render that hit a type error with the other message shapes templates assume.

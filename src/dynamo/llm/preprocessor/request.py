@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynamo.llm.preprocessor.chat_template import ChatTemplate, ChatTemplateError
+import orjson
+
+from dynamo.llm.preprocessor.chat_template import ChatTemplate, ChatTemplateError, Rendered
 from dynamo.llm.preprocessor.tokenizer import Tokenizer
 from dynamo.llm.protocols.engine import (
     OutputOptions,
@@ -104,6 +106,11 @@ class OpenAIPreprocessor:
     # -- chat ----------------------------------------------------------------------------------------
 
     def render_chat(self, req: ChatCompletionRequest) -> str:
+        rendered = self._render_chat(req)
+        self.chat_template.remember(rendered)  # type: ignore[union-attr]
+        return rendered.text
+
+    def _render_chat(self, req: ChatCompletionRequest) -> Rendered:
         if self.chat_template is None:
             raise InvalidArgument(f"model '{self.model_name}' has no chat template; use /v1/completions")
         messages = []
@@ -114,7 +121,7 @@ class OpenAIPreprocessor:
             messages.append(d)
         tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools] if req.tools else None
         try:
-            return self.chat_template.render(
+            return self.chat_template.render_keyed(
                 messages, tools=tools, tool_choice=req.tool_choice_name,
                 chat_template_kwargs=req.template_kwargs,
             )
@@ -123,16 +130,20 @@ class OpenAIPreprocessor:
 
     def preprocess_chat(self, req: ChatCompletionRequest, request_id: str | None = None) -> PreprocessResult:
         nvext = req.nvext
+        rendered: Rendered | None = None
         if nvext is not None and nvext.use_raw_prompt:
             # raw prompt: the concatenated message texts, untemplated
             prompt = "".join(_content_text(m.content) for m in req.messages)
         else:
-            prompt = self.render_chat(req)
+            rendered = self._render_chat(req)
+            prompt = rendered.text
         token_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        return PreprocessResult(
-            self._build(req, token_ids, req.effective_max_tokens, logprobs, request_id), len(token_ids), prompt
-        )
+        built = self._build(req, token_ids, req.effective_max_tokens, logprobs, request_id)
+        if rendered is not None:
+            # Only now: a prompt over the context length (rejected by _build) must not take cache room.
+            self.chat_template.remember(rendered)  # type: ignore[union-attr]
+        return PreprocessResult(built, len(token_ids), prompt)
 
     # -- completions ---------------------------------------------------------------------------------
 
@@ -256,6 +267,36 @@ class OpenAIPreprocessor:
             routing=routing,
             request_id=request_id,
         )
+
+
+#: what a content part without text (an image, audio) counts for in :func:`chat_request_chars`
+NON_TEXT_PART_CHARS = 256
+
+
+def chat_request_chars(req: ChatCompletionRequest) -> int:
+    """Characters templating and tokenization will walk: message text (string or list-of-parts
+    content), reasoning, tool-call arguments and tool definitions. Cheap: no model dumps."""
+    n = 0
+    for m in req.messages:
+        content = m.content
+        if isinstance(content, str):
+            n += len(content)
+        elif content:
+            for part in content:
+                n += len(part.text) if part.text else NON_TEXT_PART_CHARS
+        if m.reasoning_content:
+            n += len(m.reasoning_content)
+        if m.tool_calls:
+            for call in m.tool_calls:
+                args = call.function.arguments
+                n += len(args) if isinstance(args, str) else len(orjson.dumps(args)) if args else 0
+    if req.tools:
+        for tool in req.tools:
+            fn = tool.function
+            n += len(fn.name) + len(fn.description or "")
+            if fn.parameters:
+                n += len(orjson.dumps(fn.parameters))
+    return n
 
 
 def _content_text(content: Any) -> str:

@@ -18,11 +18,35 @@ class RuntimeConfig(msgspec.Struct, omit_defaults=True):
     enable_local_indexer: bool = False
 
 
+class ModelFile(msgspec.Struct, frozen=True):
+    """One file shipped with a card: its name in the model folder, size in bytes, sha256 (hex)."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+class ModelFiles(msgspec.Struct, frozen=True):
+    """What a frontend needs to rebuild the worker's model folder from the discovery store.
+
+    ``files`` are concatenated in order and cut into raw chunks of ``chunk_size`` bytes; ``chunks``
+    holds the sha256 of each raw chunk. ``digest`` (sha256 over ``files``) names the content: equal
+    digests mean byte-identical files, wherever each worker keeps them (see ``llm/model_files.py``).
+    """
+
+    digest: str
+    files: list[ModelFile]
+    chunk_size: int
+    chunks: list[str]
+
+
 class ModelDeploymentCard(msgspec.Struct, omit_defaults=True):
     """``model_type`` lists what the model serves: ``chat``, ``completions``, ``embedding``, ``prefill``.
 
     ``model_path`` is a local directory (or hub id) holding ``tokenizer.json`` and
     ``tokenizer_config.json``; ``chat_template`` overrides the tokenizer's template when set.
+    ``model_path`` is only meaningful on the worker's host: ``files`` (when set) describes the same
+    files by content, and a frontend that cannot see ``model_path`` fetches them from the store.
     """
 
     name: str
@@ -34,14 +58,18 @@ class ModelDeploymentCard(msgspec.Struct, omit_defaults=True):
     migration_limit: int = 0
     chat_template: str | None = None
     runtime_config: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    files: ModelFiles | None = None
 
     def checksum(self) -> str:
         """Stable digest of the fields that must agree between workers of one model.
 
-        Runtime sizing (KV blocks, batch limits) may differ between workers, so it is excluded.
+        Runtime sizing (KV blocks, batch limits) may differ between workers, so it is excluded. With
+        ``files`` the content digest stands for the folder: workers on different hosts keep the same
+        files under different paths, and a frontend rewrites ``model_path`` to its local copy.
         """
+        source = f"sha256:{self.files.digest}" if self.files is not None else self.model_path
         ident = msgspec.json.encode(
-            [self.name, self.model_path, sorted(self.model_type), self.model_input, self.context_length,
+            [self.name, source, sorted(self.model_type), self.model_input, self.context_length,
              self.kv_cache_block_size, self.chat_template]
         )
         return hashlib.blake2b(ident, digest_size=16).hexdigest()

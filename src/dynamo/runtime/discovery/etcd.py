@@ -157,6 +157,10 @@ class EtcdStore(KeyValueStore):
         res = await self._retry("get", lambda: self.client.get_prefix(prefix.encode()))
         return {kv.key.decode(): kv.value for kv in res.kvs}
 
+    async def keys(self, prefix: str) -> list[str]:
+        res = await self._retry("get", lambda: self.client.get_prefix(prefix.encode(), keys_only=True))
+        return [kv.key.decode() for kv in res.kvs]
+
     async def delete(self, key: str) -> None:
         self._owned.pop(key.encode(), None)
         await self._retry("delete", lambda: self.client.delete(key.encode()))

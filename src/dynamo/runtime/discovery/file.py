@@ -43,9 +43,10 @@ class FileStore(KeyValueStore):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._toucher: threading.Thread | None = None
-        self._watches: list[tuple[str, Watch]] = []
+        # each watch with its prefix and what it has been told (so that a new watch never needs
+        # another watch's view, and only watched prefixes are read on each poll)
+        self._watches: list[_FileWatch] = []
         self._poller: asyncio.Task[None] | None = None
-        self._seen: dict[str, bytes] = {}
 
     @property
     def lease_id(self) -> int:
@@ -67,8 +68,8 @@ class FileStore(KeyValueStore):
         for path in owned:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        for _, watch in list(self._watches):
-            watch.close()
+        for fw in list(self._watches):
+            fw.watch.close()
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -108,10 +109,13 @@ class FileStore(KeyValueStore):
                 self._owned[path] = value
 
     async def get(self, key: str) -> bytes | None:
-        return (await self.get_prefix(key)).get(key)
+        return self._scan((key,)).get(key)
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        return {k: v for k, v in self._scan().items() if k.startswith(prefix)}
+        return self._scan((prefix,))
+
+    async def keys(self, prefix: str) -> list[str]:
+        return list(self._scan((prefix,), read=False))
 
     async def delete(self, key: str) -> None:
         for leased in (True, False):
@@ -121,7 +125,11 @@ class FileStore(KeyValueStore):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def _scan(self) -> dict[str, bytes]:
+    def _scan(self, prefixes: tuple[str, ...], read: bool = True) -> dict[str, bytes]:
+        """Keys under any of ``prefixes`` (with values when ``read``); reaps stale files under any key.
+
+        Only matching files are read: bulky records (model files) must not be re-read by every poll.
+        """
         now = time.time()
         out: dict[str, bytes] = {}
         for directory, leased in ((self.root, True), (self._persist, False)):
@@ -139,42 +147,59 @@ class FileStore(KeyValueStore):
                         os.unlink(entry.path)
                         logger.info("file store: reaped stale key %s", unquote(name))
                         continue
-                    with open(entry.path, "rb") as f:
-                        out[unquote(name)] = f.read()
+                    key = unquote(name)
+                    if not key.startswith(prefixes):
+                        continue
+                    if read:
+                        with open(entry.path, "rb") as f:
+                            out[key] = f.read()
+                    else:
+                        out[key] = b""
                 except FileNotFoundError:
                     continue
         return out
 
     async def watch(self, prefix: str) -> Watch:
         def unregister(w: Watch) -> None:
-            self._watches[:] = [(p, x) for p, x in self._watches if x is not w]
+            self._watches[:] = [fw for fw in self._watches if fw.watch is not w]
 
         watch = Watch(on_close=unregister)
+        fw = _FileWatch(prefix, watch, self._scan((prefix,)))
+        for key, value in fw.seen.items():
+            watch.push(WatchEvent("put", key, value))
+        self._watches.append(fw)
         if self._poller is None:
-            self._seen = self._scan()
             self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
-        for key, value in self._seen.items():
-            if key.startswith(prefix):
-                watch.push(WatchEvent("put", key, value))
-        self._watches.append((prefix, watch))
         return watch
 
     async def _poll_loop(self) -> None:
         while True:
             await asyncio.sleep(POLL_INTERVAL_SECS)
+            # Only the watches that exist before the scan: a newer one already holds a fresher view.
+            watches = list(self._watches)
+            if not watches:
+                continue
             try:
-                current = await asyncio.to_thread(self._scan)
+                current = await asyncio.to_thread(self._scan, tuple({fw.prefix for fw in watches}))
             except Exception:
                 logger.exception("file store: scan failed")
                 continue
-            events: list[WatchEvent] = []
-            for key, value in current.items():
-                if self._seen.get(key) != value:
-                    events.append(WatchEvent("put", key, value))
-            for key in self._seen.keys() - current.keys():
-                events.append(WatchEvent("delete", key))
-            self._seen = current
-            for event in events:
-                for prefix, watch in list(self._watches):
-                    if event.key.startswith(prefix):
-                        watch.push(event)
+            for fw in watches:
+                if fw.watch.closed:
+                    continue
+                mine = {k: v for k, v in current.items() if k.startswith(fw.prefix)}
+                for key, value in mine.items():
+                    if fw.seen.get(key) != value:
+                        fw.watch.push(WatchEvent("put", key, value))
+                for key in fw.seen.keys() - mine.keys():
+                    fw.watch.push(WatchEvent("delete", key))
+                fw.seen = mine
+
+
+class _FileWatch:
+    __slots__ = ("prefix", "seen", "watch")
+
+    def __init__(self, prefix: str, watch: Watch, seen: dict[str, bytes]) -> None:
+        self.prefix = prefix
+        self.watch = watch
+        self.seen = seen

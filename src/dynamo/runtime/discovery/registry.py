@@ -1,7 +1,8 @@
 """Discovery records on top of a store: instances, model cards and event channels (DESIGN §4).
 
 Keys: ``v1/instances/{ns}/{comp}/{ep}/{id:x}``, ``v1/mdc/{ns}/{comp}/{ep}/{id:x}``,
-``v1/event_channels/{ns}/{comp}/{topic}/{id:x}``; values are JSON.
+``v1/event_channels/{ns}/{comp}/{topic}/{id:x}``; values are JSON. Model files shipped with cards
+live under ``v1/model_files/{digest}/{chunk:05d}`` (zlib-compressed bytes, see ``llm/model_files.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import msgspec
 INSTANCES = "v1/instances"
 MODEL_CARDS = "v1/mdc"
 EVENT_CHANNELS = "v1/event_channels"
+MODEL_FILES = "v1/model_files"
 
 
 class Instance(msgspec.Struct, frozen=True):
@@ -77,6 +79,14 @@ def event_channel_key(ns: str, comp: str, topic: str, instance_id: int) -> str:
 
 def event_channels_prefix(ns: str, comp: str, topic: str) -> str:
     return _prefix(EVENT_CHANNELS, ns, comp, topic)
+
+
+def model_files_prefix(digest: str) -> str:
+    return f"{MODEL_FILES}/{digest}/"
+
+
+def model_files_chunk_key(digest: str, index: int) -> str:
+    return f"{MODEL_FILES}/{digest}/{index:05d}"
 
 
 def _prefix(root: str, *parts: str | None) -> str:

@@ -87,6 +87,10 @@ class KeyValueStore(abc.ABC):
     @abc.abstractmethod
     async def get_prefix(self, prefix: str) -> dict[str, bytes]: ...
 
+    async def keys(self, prefix: str) -> list[str]:
+        """The keys under ``prefix`` without their values (backends override this to move no values)."""
+        return list(await self.get_prefix(prefix))
+
     @abc.abstractmethod
     async def delete(self, key: str) -> None: ...
 
