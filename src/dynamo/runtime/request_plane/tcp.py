@@ -438,7 +438,7 @@ class TcpClient:
 
     def __init__(self) -> None:
         self._conns: dict[str, _ClientConnection] = {}
-        self._connecting: dict[str, asyncio.Future[_ClientConnection]] = {}
+        self._connecting: dict[str, asyncio.Task[_ClientConnection]] = {}
         self.connect_timeout = _env_float("DYN_TCP_CONNECT_TIMEOUT", 3.0)
         self.ack_timeout = _env_float("DYN_TCP_REQUEST_TIMEOUT", 5.0)
         self.on_disconnect: list[Callable[[str], None]] = []
@@ -447,26 +447,29 @@ class TcpClient:
         conn = self._conns.get(address)
         if conn is not None and not conn.closed:
             return conn
-        pending = self._connecting.get(address)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[_ClientConnection] = asyncio.get_running_loop().create_future()
-        self._connecting[address] = fut
+        task = self._connecting.get(address)
+        if task is None:
+            # The connect belongs to the pool, not to the request that happened to start it: a
+            # requester cancelled mid-connect must not leave the others waiting on a dead future.
+            task = asyncio.get_running_loop().create_task(self._open(address))
+            # Retrieved here so a failure that every requester gave up on is not logged as lost.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._connecting[address] = task
+        return await asyncio.shield(task)
+
+    async def _open(self, address: str) -> _ClientConnection:
         try:
             host, _, port = address.rpartition(":")
             loop = asyncio.get_running_loop()
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: _ClientConnection(address, self._lost), host, int(port)),
+                    loop.create_connection(lambda: _ClientConnection(address, self._lost),
+                                           host, int(port)),
                     self.connect_timeout,
                 )
             except (OSError, asyncio.TimeoutError, ValueError) as exc:
-                err = errors.CannotConnect(f"cannot connect to {address}: {exc or type(exc).__name__}")
-                fut.set_exception(err)
-                fut.exception()  # retrieved: waiters re-raise it themselves
-                raise err from exc
+                raise errors.CannotConnect(f"cannot connect to {address}: {exc or type(exc).__name__}") from exc
             self._conns[address] = proto
-            fut.set_result(proto)
             return proto
         finally:
             self._connecting.pop(address, None)
@@ -498,6 +501,8 @@ class TcpClient:
         return stream
 
     async def close(self) -> None:
+        for task in list(self._connecting.values()):
+            task.cancel()
         for conn in list(self._conns.values()):
             if conn.transport is not None:
                 conn.transport.close()
