@@ -3,8 +3,9 @@
 One server per process serves every endpoint instance of that process; one client connection per
 (process, server address) carries any number of concurrent streams. The server acknowledges a request
 only after admitting it; an overloaded server answers ``ResourceExhausted`` before any data. A lost
-connection fails every open stream with ``Disconnected`` (the migration trigger). Malformed bytes
-close only the offending connection.
+connection fails every open stream with ``Disconnected`` (the migration trigger); so does a peer that
+falls silent, caught by the heartbeat (``heartbeat.py``). Malformed bytes close only the offending
+connection.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from dynamo.runtime.request_plane.codec import (
     END,
     ERR,
     KILL,
+    PING,
+    PING_BYTES,
+    PONG,
+    PONG_BYTES,
     REQ,
     STOP,
     Frame,
@@ -38,6 +43,7 @@ from dynamo.runtime.request_plane.codec import (
     encode_body,
     encode_frame,
 )
+from dynamo.runtime.request_plane.heartbeat import Heartbeat, HeartbeatSettings, set_keepalive
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +99,27 @@ class _ServerConnection(asyncio.Protocol):
         self.closed = False
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
+        self.heartbeat = Heartbeat(server.heartbeat, self._ping, self._peer_silent)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport
         self.peer = str(transport.get_extra_info("peername"))
         _nodelay(transport)
+        set_keepalive(transport.get_extra_info("socket"), self.server.heartbeat)
         self.server.connections.add(self)
+        self.heartbeat.start()
+
+    def _ping(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(PING_BYTES)
+
+    def _peer_silent(self, reason: str) -> None:
+        # The client is gone without a FIN (host down, partition, frozen): stop generating for it.
+        self.abort(reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.heartbeat.stop()
         self.server.connections.discard(self)
         # The client is gone: nobody will read these streams, so abort their handlers.
         for task, ctx in list(self.tasks.values()):
@@ -143,6 +161,7 @@ class _ServerConnection(asyncio.Protocol):
         return None
 
     def data_received(self, data: bytes) -> None:
+        self.heartbeat.seen()
         try:
             payloads = self.reader.feed(data)
         except FrameTooLarge as exc:
@@ -169,7 +188,10 @@ class _ServerConnection(asyncio.Protocol):
                     task.cancel()
                 else:
                     ctx.stop()
-        else:
+        elif t == PING:
+            if not self.closed and self.transport is not None:
+                self.transport.write(PONG_BYTES)
+        elif t != PONG:  # a pong needs nothing more: data_received already recorded the peer alive
             self.abort(f"unexpected frame type {t!r}")
 
 
@@ -181,6 +203,7 @@ class TcpServer:
         self.port = port if port is not None else _env_int("DYN_TCP_RPC_PORT", 0)
         self.max_workers = _env_int("DYN_TCP_WORKER_POOL_SIZE", 1500)
         self.max_queued = _env_int("DYN_TCP_WORK_QUEUE_SIZE", 6000)
+        self.heartbeat = HeartbeatSettings.from_env()
         self.endpoints: dict[str, EndpointEntry] = {}
         self.connections: set[_ServerConnection] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -380,7 +403,8 @@ class ResponseStream:
 
 
 class _ClientConnection(asyncio.Protocol):
-    def __init__(self, address: str, on_lost: Callable[[_ClientConnection], None]) -> None:
+    def __init__(self, address: str, on_lost: Callable[[_ClientConnection], None],
+                 heartbeat: HeartbeatSettings) -> None:
         self.address = address
         self._on_lost = on_lost
         self.reader = FrameReader()
@@ -388,19 +412,39 @@ class _ClientConnection(asyncio.Protocol):
         self.streams: dict[int, ResponseStream] = {}
         self._next_sid = 1
         self.closed = False
+        self._settings = heartbeat
+        self.heartbeat = Heartbeat(heartbeat, self._ping, self._peer_silent)
+        self._lost_reason = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport
         _nodelay(transport)
+        set_keepalive(transport.get_extra_info("socket"), self._settings)
+        self.heartbeat.start()
+
+    def _ping(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(PING_BYTES)
+
+    def _peer_silent(self, reason: str) -> None:
+        # The server is gone without a FIN (host down, partition, frozen): fail its streams so they
+        # migrate, and drop the connection so the pool reconnects (or routes around it).
+        logger.warning("request plane: dropping connection to %s: %s", self.address, reason)
+        self._lost_reason = reason
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.heartbeat.stop()
         self._on_lost(self)
+        why = f": {self._lost_reason}" if self._lost_reason else ""
         for stream in list(self.streams.values()):
-            stream._finish(errors.Disconnected(f"connection to {self.address} lost"))
+            stream._finish(errors.Disconnected(f"connection to {self.address} lost{why}"))
         self.streams.clear()
 
     def data_received(self, data: bytes) -> None:
+        self.heartbeat.seen()
         try:
             payloads = self.reader.feed(data)
             for payload in payloads:
@@ -408,6 +452,8 @@ class _ClientConnection(asyncio.Protocol):
                 stream = self.streams.get(frame.sid)
                 if stream is not None:
                     stream._on_frame(frame)
+                elif frame.t == PING and self.transport is not None and not self.closed:
+                    self.transport.write(PONG_BYTES)
         except (FrameTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
             logger.error("request plane: bad frame from %s: %s", self.address, exc)
             if self.transport is not None:
@@ -441,6 +487,7 @@ class TcpClient:
         self._connecting: dict[str, asyncio.Task[_ClientConnection]] = {}
         self.connect_timeout = _env_float("DYN_TCP_CONNECT_TIMEOUT", 3.0)
         self.ack_timeout = _env_float("DYN_TCP_REQUEST_TIMEOUT", 5.0)
+        self.heartbeat = HeartbeatSettings.from_env()
         self.on_disconnect: list[Callable[[str], None]] = []
 
     async def _connection(self, address: str) -> _ClientConnection:
@@ -463,7 +510,7 @@ class TcpClient:
             loop = asyncio.get_running_loop()
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: _ClientConnection(address, self._lost),
+                    loop.create_connection(lambda: _ClientConnection(address, self._lost, self.heartbeat),
                                            host, int(port)),
                     self.connect_timeout,
                 )
