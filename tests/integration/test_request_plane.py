@@ -254,3 +254,38 @@ async def test_cannot_connect_marks_instance_down(pair):
         async for _ in stream:
             pass
     assert client.instance_ids() == []
+
+
+async def test_wildcard_bind_advertises_a_routable_address(monkeypatch):
+    # Bound on every interface, the worker must advertise an address other hosts can dial, never
+    # 0.0.0.0 (which each client would read as "myself").
+    monkeypatch.setenv("DYN_TCP_RPC_HOST", "0.0.0.0")
+    server = await DistributedRuntime.create("mem")
+    client_rt = await DistributedRuntime.create("mem")
+    try:
+        _, served = await _serve(server, count_handler)
+        host = served.instance.address.rsplit(":", 1)[0]
+        assert host not in ("0.0.0.0", "", "*", "::")
+        assert server.tcp_server.bind_address.startswith("0.0.0.0:")
+        client = await _client(client_rt)
+        stream = await client.round_robin({"n": 2})
+        assert [x async for x in stream] == [0, 1]
+    finally:
+        await client_rt.shutdown(grace_period=0)
+        await server.shutdown(grace_period=0)
+
+
+async def test_advertise_host_override(monkeypatch):
+    # Behind NAT or with several interfaces the operator names the address to publish.
+    monkeypatch.setenv("DYN_TCP_RPC_HOST", "0.0.0.0")
+    monkeypatch.setenv("DYN_TCP_RPC_ADVERTISE_HOST", "localhost")
+    server = await DistributedRuntime.create("mem")
+    client_rt = await DistributedRuntime.create("mem")
+    try:
+        _, served = await _serve(server, count_handler)
+        assert served.instance.address == f"localhost:{server.tcp_server.port}"
+        stream = await (await _client(client_rt)).round_robin({"n": 1})
+        assert [x async for x in stream] == [0]
+    finally:
+        await client_rt.shutdown(grace_period=0)
+        await server.shutdown(grace_period=0)

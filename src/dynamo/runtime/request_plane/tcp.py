@@ -24,6 +24,7 @@ import msgspec
 
 from dynamo.runtime import errors
 from dynamo.runtime.context import RequestContext
+from dynamo.runtime.host_address import advertised_host
 from dynamo.runtime.request_plane.codec import (
     ACK,
     DATA,
@@ -199,7 +200,9 @@ class TcpServer:
     """Serves every endpoint instance registered by this process on one listening socket."""
 
     def __init__(self, host: str | None = None, port: int | None = None) -> None:
+        #: the interface listened on; ``address`` is what goes into discovery (``advertise_host``)
         self.host = host or os.environ.get("DYN_TCP_RPC_HOST") or "127.0.0.1"
+        self.advertise_host = advertised_host(self.host, os.environ.get("DYN_TCP_RPC_ADVERTISE_HOST"))
         self.port = port if port is not None else _env_int("DYN_TCP_RPC_PORT", 0)
         self.max_workers = _env_int("DYN_TCP_WORKER_POOL_SIZE", 1500)
         self.max_queued = _env_int("DYN_TCP_WORK_QUEUE_SIZE", 6000)
@@ -212,6 +215,11 @@ class TcpServer:
 
     @property
     def address(self) -> str:
+        """``host:port`` that clients dial: never a wildcard (see ``host_address``)."""
+        return f"{self.advertise_host}:{self.port}"
+
+    @property
+    def bind_address(self) -> str:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
@@ -219,7 +227,7 @@ class TcpServer:
         self._slots = asyncio.Semaphore(self.max_workers)
         self._server = await loop.create_server(lambda: _ServerConnection(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
-        logger.debug("request plane listening on %s", self.address)
+        logger.debug("request plane listening on %s, advertised as %s", self.bind_address, self.address)
 
     async def close(self) -> None:
         if self._server is not None:
