@@ -13,14 +13,17 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-deps:
+# Everything the test suite needs: the venv (Python deps) and etcd (etcd-server), nats-server,
+# openssl (TLS tests).
+deps: venv
 	@missing=""; command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "missing$$missing: run  sudo apt-get install -y$$missing"; \
+	    echo "missing$$missing: run  sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
 
