@@ -30,14 +30,17 @@ vllm: $(VENV)/.vllm-installed
 tiny-model: vllm
 	$(PY) -m dynamo.vllm.tiny_model .cache/tiny-qwen3
 
-deps:
+# Everything the test suite needs: the venv (Python deps) and etcd (etcd-server), nats-server,
+# openssl (TLS tests).
+deps: venv
 	@missing=""; command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "missing$$missing: run  sudo apt-get install -y$$missing"; \
+	    echo "missing$$missing: run  sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
 

@@ -153,12 +153,14 @@ def test_server_keeps_serving_after_bad_input(client, deployment):
 def test_health_live_metrics_openapi(deployment):
     status, health = deployment.get("/health")
     assert status == 200 and health["status"] == "healthy"
+    assert health["failing_tasks"] == []
     assert len(health["instances"]) == 2
     assert health["endpoints"] == ["dyn://dynamo.backend.generate"]
     assert deployment.get("/live") == (200, {"status": "live", "message": "Service is live"})
     metrics = httpx.get(deployment.url + "/metrics", timeout=5).text
     assert "dynamo_frontend_requests_total" in metrics
     assert 'dynamo_frontend_model_context_length{model="Qwen3-0.6B"} 4096.0' in metrics
+    assert "# TYPE dynamo_background_task_restarts_total counter" in metrics
     status, spec = deployment.get("/openapi.json")
     assert status == 200 and "/v1/chat/completions" in spec["paths"]
     r = httpx.post(deployment.url + "/v1/embeddings", json={"model": MODEL, "input": "x"}, timeout=5)

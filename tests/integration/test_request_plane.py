@@ -121,26 +121,40 @@ async def test_handler_errors_reach_client_typed(pair):
         await stream.__anext__()
 
 
-async def test_overload_rejected_before_data(pair, monkeypatch):
-    server, client_rt = pair
-    release = asyncio.Event()
+async def test_pool_and_queue_sizes_from_env_bound_admission(tmp_path, monkeypatch):
+    # The sizes reach the server the way an operator sets them: environment of a separate process.
+    from pathlib import Path
 
-    async def slow(request, ctx):
-        await release.wait()
-        yield "done"
+    from tests.support.procs import processes
 
-    await _serve(server, slow)
-    srv = server.tcp_server
-    srv.max_workers, srv.max_queued = 1, 1
-    client = await client_rt.endpoint("rp.svc.generate").client()
-    await client.wait_for_instances(5)
-    s1 = await client.round_robin({})
-    s2 = await client.round_robin({})
-    with pytest.raises(errors.ResourceExhausted):
-        await client.round_robin({})
-    release.set()
-    assert [x async for x in s1] == ["done"]
-    assert [x async for x in s2] == ["done"]
+    worker = str(Path(__file__).with_name("runtime_worker.py"))
+    monkeypatch.setenv("DYN_FILE_KV", str(tmp_path / "kv"))
+    env = {"DYN_TCP_WORKER_POOL_SIZE": "1", "DYN_TCP_WORK_QUEUE_SIZE": "1"}
+    with processes(env) as procs:
+        procs.spawn(worker, "--store", "file")
+        rt = await DistributedRuntime.create("file")
+        try:
+            client = await rt.endpoint("dyn://test.worker.generate").client()
+            await client.wait_for_instances(20)
+            running = await client.round_robin({"n": 3, "delay": 0.3})
+            queued = await client.round_robin({"n": 1})
+            # One handler runs, one waits in the queue: the third is refused before any data.
+            with pytest.raises(errors.ResourceExhausted, match="overloaded"):
+                await client.round_robin({"n": 1})
+            order = []
+
+            async def consume(name, stream):
+                async for _ in stream:
+                    pass
+                order.append(name)
+
+            await asyncio.wait_for(asyncio.gather(consume("running", running), consume("queued", queued)), 10)
+            # A pool of one: the queued request started only when the running one finished.
+            assert order == ["running", "queued"]
+            after = await client.round_robin({"n": 2})
+            assert [x["i"] async for x in after] == [0, 1]
+        finally:
+            await rt.shutdown(grace_period=0)
 
 
 async def test_server_killed_fails_open_streams_with_disconnected(tmp_path):
@@ -201,12 +215,32 @@ async def _raw(addr: str, payload: bytes) -> bytes:
 )
 async def test_hostile_bytes_close_only_that_connection(pair, payload):
     server, client_rt = pair
-    await _serve(server, count_handler)
-    await _raw(server.tcp_server.address, payload)
+    release = asyncio.Event()
+
+    async def gated(request, ctx):
+        yield 0
+        await release.wait()
+        yield 1
+        yield 2
+
+    await _serve(server, gated)
     client = await client_rt.endpoint("rp.svc.generate").client()
     await client.wait_for_instances(5)
-    stream = await client.round_robin({"n": 3})
+    # A healthy connection with a stream in flight while another connection attacks.
+    in_flight = await client.round_robin({})
+    assert await in_flight.__anext__() == 0
+    addr = server.tcp_server.address
+    healthy = client_rt.tcp_client._conns[addr]
+    assert len(server.tcp_server.connections) == 1
+    await _raw(addr, payload)  # returns once the server has closed the attacking connection
+    release.set()
+    assert [x async for x in in_flight] == [1, 2]
+    assert client_rt.tcp_client._conns[addr] is healthy and not healthy.closed
+    assert len(server.tcp_server.connections) == 1
+    stream = await client.round_robin({})
+    release.set()
     assert [x async for x in stream] == [0, 1, 2]
+    assert client_rt.tcp_client._conns[addr] is healthy
 
 
 async def test_unknown_endpoint_and_bad_body(pair):
@@ -254,3 +288,38 @@ async def test_cannot_connect_marks_instance_down(pair):
         async for _ in stream:
             pass
     assert client.instance_ids() == []
+
+
+async def test_wildcard_bind_advertises_a_routable_address(monkeypatch):
+    # Bound on every interface, the worker must advertise an address other hosts can dial, never
+    # 0.0.0.0 (which each client would read as "myself").
+    monkeypatch.setenv("DYN_TCP_RPC_HOST", "0.0.0.0")
+    server = await DistributedRuntime.create("mem")
+    client_rt = await DistributedRuntime.create("mem")
+    try:
+        _, served = await _serve(server, count_handler)
+        host = served.instance.address.rsplit(":", 1)[0]
+        assert host not in ("0.0.0.0", "", "*", "::")
+        assert server.tcp_server.bind_address.startswith("0.0.0.0:")
+        client = await _client(client_rt)
+        stream = await client.round_robin({"n": 2})
+        assert [x async for x in stream] == [0, 1]
+    finally:
+        await client_rt.shutdown(grace_period=0)
+        await server.shutdown(grace_period=0)
+
+
+async def test_advertise_host_override(monkeypatch):
+    # Behind NAT or with several interfaces the operator names the address to publish.
+    monkeypatch.setenv("DYN_TCP_RPC_HOST", "0.0.0.0")
+    monkeypatch.setenv("DYN_TCP_RPC_ADVERTISE_HOST", "localhost")
+    server = await DistributedRuntime.create("mem")
+    client_rt = await DistributedRuntime.create("mem")
+    try:
+        _, served = await _serve(server, count_handler)
+        assert served.instance.address == f"localhost:{server.tcp_server.port}"
+        stream = await (await _client(client_rt)).round_robin({"n": 1})
+        assert [x async for x in stream] == [0]
+    finally:
+        await client_rt.shutdown(grace_period=0)
+        await server.shutdown(grace_period=0)

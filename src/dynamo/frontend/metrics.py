@@ -8,6 +8,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from dynamo.runtime import tasks
+
 
 def log_buckets(lo: float, hi: float, count: int) -> list[float]:
     """``count`` log-spaced bucket bounds from ``lo`` to ``hi``, rounded to 2 significant figures."""
@@ -38,6 +40,7 @@ class FrontendMetrics:
         p = prefix or os.environ.get("DYN_METRICS_PREFIX") or "dynamo_frontend"
         self.prefix = p
         self.registry = reg = CollectorRegistry()
+        reg.register(tasks.COLLECTOR)  # dynamo_background_task_restarts_total
         self._per_model: dict[str, ModelMetrics] = {}
         self._router_metrics: Any = None
         m = ["model"]

@@ -10,7 +10,6 @@ and :class:`ZmqKvEventBridge` does it continuously for a real engine.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +18,7 @@ import msgspec
 
 from dynamo.kv_router.hashing import compute_block_hashes, to_u64
 from dynamo.kv_router.protocols import KvCacheEvent, KvCleared, KvRemoved, KvStored, RouterEvent, StoredBlock
+from dynamo.runtime.tasks import SupervisedTask, spawn, supervise
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +113,9 @@ class ZmqKvEventBridge:
         self.ids = EventIds()
         self.converted = 0
         self.invalid = 0
-        self._task: asyncio.Task[None] | None = None
+        self._task: SupervisedTask | None = None
         self._sock: Any = None
+        self._bound: list[str] = []  # endpoints bind() took, re-bound if the socket must be reopened
         self._decoder = msgspec.msgpack.Decoder()
 
     def bind(self, host: str = "127.0.0.1", ranks: int = 1) -> str:
@@ -134,6 +135,7 @@ class ZmqKvEventBridge:
         if ranks == 1:
             sock.bind(f"tcp://{host}:0")
             self.endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+            self._bound = [self.endpoint]
         else:
             for _ in range(100):
                 base = random.randint(20000, 60000 - ranks)
@@ -147,6 +149,7 @@ class ZmqKvEventBridge:
                         sock.unbind(ep)
                     continue
                 self.endpoint = bound[0]
+                self._bound = bound
                 break
             else:
                 sock.close(linger=0)
@@ -155,15 +158,15 @@ class ZmqKvEventBridge:
         return str(self.endpoint)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        # Supervised: a failure restarts the receive loop after a backoff instead of ending it.
+        self._task = supervise("kv event bridge (zmq receive)", self._run)
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        elif self._sock is not None:
+            await self._task.stop()
+        if self._sock is not None:
             self._sock.close(linger=0)
+            self._sock = None
 
     async def _run(self) -> None:
         import zmq
@@ -174,26 +177,32 @@ class ZmqKvEventBridge:
             sock = zmq.asyncio.Context.instance().socket(zmq.SUB)
             sock.setsockopt(zmq.RCVHWM, 100_000)
             sock.setsockopt(zmq.SUBSCRIBE, self.topic)
-            sock.connect(self.endpoint)
+            for ep in self._bound:
+                sock.bind(ep)
+            if not self._bound:
+                sock.connect(self.endpoint)
+            self._sock = sock
         try:
             while True:
                 frames = await sock.recv_multipart()
                 self.handle(frames[-1])
-        finally:
+        except zmq.ZMQError:
+            # The socket itself failed: reopen it (same endpoints) when the supervisor restarts us.
             sock.close(linger=0)
             self._sock = None
+            raise
 
     def handle(self, payload: bytes) -> list[RouterEvent]:
         try:
             events = convert_batch(self._decoder.decode(payload), self.worker_id, self.ids, self.block_size)
-        except (ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
+        except Exception as exc:  # any malformed batch (OverflowError, AttributeError, ...) is bad data
             self.invalid += 1
-            logger.warning("skipping malformed engine KV event batch: %s", exc)
+            logger.warning("skipping malformed engine KV event batch: %s: %s", type(exc).__name__, exc)
             return []
         for event in events:
             result = self.publish(event)
             if asyncio.iscoroutine(result):
-                asyncio.get_running_loop().create_task(result)
+                spawn(result, "kv event bridge publish")
         self.converted += len(events)
         return events
 

@@ -34,6 +34,7 @@ from dynamo.llm.protocols.engine import PreprocessedRequest, RoutingHints
 from dynamo.llm.protocols.model_card import RuntimeConfig
 from dynamo.runtime import errors
 from dynamo.runtime.client import Client
+from dynamo.runtime.tasks import supervise
 
 logger = logging.getLogger(__name__)
 
@@ -153,14 +154,15 @@ class KvRouter:
             comp = runtime.namespace(namespace).component(component)
             self._sync_pub = await comp.event_publisher("active_sequences_events", publisher_id=self.router_id)
             self._sync_sub = await comp.subscribe("active_sequences_events")
-            self._sync_task = asyncio.get_running_loop().create_task(self._consume_sync(self._sync_sub))
+            self._sync_task = supervise("kv-router replica-sync consumer",
+                                        lambda: self._consume_sync(self._sync_sub)).task
         if not self.config.should_subscribe_to_kv_events:
             return
         comp = runtime.namespace(namespace).component(component)
         sub = await comp.subscribe("kv-events")
         sub.on_gap = self._on_gap
         self._subscriber = sub
-        self._event_task = asyncio.get_running_loop().create_task(self._consume(sub))
+        self._event_task = supervise("kv-router kv-events consumer", lambda: self._consume(sub)).task
         self._dump_client = await comp.endpoint(KV_DUMP_ENDPOINT).client()
         # Workers already running hold blocks whose events we never saw: start from their snapshots.
         for wid in self.client.instance_ids():

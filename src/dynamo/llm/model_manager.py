@@ -26,6 +26,7 @@ from dynamo.runtime import errors
 from dynamo.runtime.client import Client
 from dynamo.runtime.discovery import registry
 from dynamo.runtime.distributed import DistributedRuntime
+from dynamo.runtime.tasks import supervise
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class ModelManager:
 
     async def start(self) -> None:
         self._watch = await self.runtime.store.watch(registry.models_prefix(self.namespace))
-        self._task = asyncio.get_running_loop().create_task(self._follow())
+        self._task = supervise("model card follower", self._follow).task
 
     async def close(self) -> None:
         if self._watch is not None:

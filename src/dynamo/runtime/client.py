@@ -20,6 +20,7 @@ from dynamo.runtime import errors
 from dynamo.runtime.discovery import registry
 from dynamo.runtime.discovery.store import Watch
 from dynamo.runtime.request_plane.tcp import ResponseStream
+from dynamo.runtime.tasks import supervise
 
 if TYPE_CHECKING:
     from dynamo.runtime.component import Endpoint
@@ -58,7 +59,8 @@ class Client:
         prefix = registry.instances_prefix(ep.namespace, ep.component, ep.name)
         self._watch = await self._runtime.store.watch(prefix)
         self._runtime.tcp_client.on_disconnect.append(self._on_disconnect)
-        self._task = asyncio.get_running_loop().create_task(self._follow(self._watch))
+        watch = self._watch
+        self._task = supervise("endpoint instance follower", lambda: self._follow(watch)).task
         # Drain the initial snapshot so instance_ids() is accurate right after start().
         await asyncio.sleep(0)
 

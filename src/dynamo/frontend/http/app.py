@@ -26,7 +26,7 @@ from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.pipeline import ModelEngine, merge_streams
 from dynamo.llm.model_manager import ModelManager
 from dynamo.llm.protocols import openai as oai
-from dynamo.runtime import errors
+from dynamo.runtime import errors, tasks
 
 logger = logging.getLogger("dynamo.frontend")
 
@@ -351,8 +351,13 @@ class FrontendApp:
                     instances.append({"namespace": inst.namespace, "component": inst.component,
                                       "endpoint": inst.endpoint, "instance_id": inst.instance_id,
                                       "transport": inst.transport, "model": ws.model})
-        await send_json(send, 200, {"status": "healthy" if instances else "unhealthy",
-                                    "endpoints": sorted(endpoints), "instances": instances})
+        # A background loop that is down (waiting to restart, or given up) makes the frontend unhealthy;
+        # one that failed recently but runs again is listed without changing the status.
+        failing = tasks.failing()
+        down = any(t["state"] != "running" for t in failing)
+        await send_json(send, 200, {"status": "healthy" if instances and not down else "unhealthy",
+                                    "endpoints": sorted(endpoints), "instances": instances,
+                                    "failing_tasks": failing})
 
     async def live(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.shutting_down:

@@ -14,12 +14,14 @@ import contextlib
 import logging
 import os
 import random
+import stat
 import tempfile
 import threading
 import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from dynamo.runtime import errors
 from dynamo.runtime.discovery.store import DEFAULT_TTL_SECS, KeyValueStore, Watch, WatchEvent
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,38 @@ POLL_INTERVAL_SECS = 0.2
 
 def default_root() -> Path:
     return Path(os.environ.get("DYN_FILE_KV") or Path(tempfile.gettempdir()) / "dynamo_store_kv")
+
+
+def prepare_root(root: Path) -> None:
+    """Create ``root`` private (0700) or check that an existing one is safe to trust.
+
+    Whoever can write the root can plant instance records and so receive the requests routed to
+    them; the default root sits in the shared temp directory, where another local user may have
+    created it first. Raises ``ConfigError`` (one line: why, and what to do) when the root is owned by
+    another user or writable by group or others.
+    """
+    with contextlib.suppress(FileExistsError):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700)
+    me = os.geteuid()
+    link = os.lstat(root)
+    if stat.S_ISLNK(link.st_mode) and link.st_uid != me:
+        raise errors.ConfigError(
+            f"file store root {root} is a symlink owned by uid {link.st_uid}, not this user (uid {me}): "
+            f"another user could redirect discovery; remove it or set DYN_FILE_KV to a directory of your own")
+    st = os.stat(root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise errors.ConfigError(f"file store root {root} is not a directory; set DYN_FILE_KV to a directory")
+    if st.st_uid != me:
+        raise errors.ConfigError(
+            f"file store root {root} is owned by uid {st.st_uid}, not this user (uid {me}): another user "
+            f"could plant instance records and receive requests; remove it or set DYN_FILE_KV to a "
+            f"directory of your own")
+    if st.st_mode & 0o022:
+        raise errors.ConfigError(
+            f"file store root {root} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
+            f"they could plant instance records and receive requests; run 'chmod 700 {root}' or set "
+            f"DYN_FILE_KV to a private directory")
 
 
 class FileStore(KeyValueStore):
@@ -53,7 +87,8 @@ class FileStore(KeyValueStore):
         return self._lease
 
     async def start(self) -> None:
-        self._persist.mkdir(parents=True, exist_ok=True)
+        prepare_root(self.root)
+        self._persist.mkdir(mode=0o700, exist_ok=True)
         self._toucher = threading.Thread(target=self._touch_loop, name="dynamo-file-kv-lease", daemon=True)
         self._toucher.start()
 

@@ -29,6 +29,7 @@ from dynamo.runtime.event_plane.envelope import (
     now_ms,
     subject,
 )
+from dynamo.runtime.tasks import supervise
 
 if TYPE_CHECKING:
     from dynamo.runtime.distributed import DistributedRuntime
@@ -200,7 +201,7 @@ class EventSubscriber(abc.ABC):
         for key, value in (await self.runtime.store.get_prefix(self._prefix)).items():
             self._on_put(key, value)
         self._watch = await self.runtime.store.watch(self._prefix)
-        self._watch_task = asyncio.get_running_loop().create_task(self._watch_channels())
+        self._watch_task = supervise("event channel follower", self._watch_channels).task
 
     async def close(self) -> None:
         if self.closed:

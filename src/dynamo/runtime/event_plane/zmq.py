@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from typing import TYPE_CHECKING
 
 import zmq
@@ -27,6 +26,7 @@ from dynamo.runtime.event_plane.envelope import (
     zmq_frames,
     zmq_header,
 )
+from dynamo.runtime.host_address import advertised_host
 
 if TYPE_CHECKING:
     from dynamo.runtime.distributed import DistributedRuntime
@@ -47,13 +47,8 @@ def bind_host() -> str:
 
 
 def _advertised_host(host: str) -> str:
-    if host in ("0.0.0.0", "*", "::", ""):
-        # Bound on every interface: advertise one that other hosts can reach.
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return DEFAULT_HOST
-    return host
+    # Bound on every interface: advertise one that other hosts can reach.
+    return advertised_host(host)
 
 
 def _url(host: str, port: str) -> str:

@@ -2,6 +2,7 @@
 
 Client→server: ``req`` (sid, ep, headers, body), ``stop``, ``kill``.
 Server→client: ``ack``, ``data`` (body), ``end``, ``err`` (error ``{type, message}``).
+Either way: ``ping`` / ``pong`` (sid 0), the connection heartbeat (see ``heartbeat.py``).
 Bodies are embedded msgpack (``msgspec.Raw``), decoded only by whoever knows their type.
 """
 
@@ -16,6 +17,7 @@ HEADER = struct.Struct(">I")
 
 REQ, STOP, KILL = "req", "stop", "kill"
 ACK, DATA, END, ERR = "ack", "data", "end", "err"
+PING, PONG = "ping", "pong"
 
 
 class Frame(msgspec.Struct, omit_defaults=True):
@@ -86,3 +88,7 @@ class FrameReader:
         if pos:
             del buf[:pos]
         return out
+
+
+PING_BYTES = encode_frame(Frame(PING, 0))
+PONG_BYTES = encode_frame(Frame(PONG, 0))

@@ -3,8 +3,9 @@
 One server per process serves every endpoint instance of that process; one client connection per
 (process, server address) carries any number of concurrent streams. The server acknowledges a request
 only after admitting it; an overloaded server answers ``ResourceExhausted`` before any data. A lost
-connection fails every open stream with ``Disconnected`` (the migration trigger). Malformed bytes
-close only the offending connection.
+connection fails every open stream with ``Disconnected`` (the migration trigger); so does a peer that
+falls silent, caught by the heartbeat (``heartbeat.py``). Malformed bytes close only the offending
+connection.
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ import msgspec
 
 from dynamo.runtime import errors
 from dynamo.runtime.context import RequestContext
+from dynamo.runtime.host_address import advertised_host
 from dynamo.runtime.request_plane.codec import (
     ACK,
     DATA,
     END,
     ERR,
     KILL,
+    PING,
+    PING_BYTES,
+    PONG,
+    PONG_BYTES,
     REQ,
     STOP,
     Frame,
@@ -38,6 +44,7 @@ from dynamo.runtime.request_plane.codec import (
     encode_body,
     encode_frame,
 )
+from dynamo.runtime.request_plane.heartbeat import Heartbeat, HeartbeatSettings, set_keepalive
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +100,27 @@ class _ServerConnection(asyncio.Protocol):
         self.closed = False
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
+        self.heartbeat = Heartbeat(server.heartbeat, self._ping, self._peer_silent)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport
         self.peer = str(transport.get_extra_info("peername"))
         _nodelay(transport)
+        set_keepalive(transport.get_extra_info("socket"), self.server.heartbeat)
         self.server.connections.add(self)
+        self.heartbeat.start()
+
+    def _ping(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(PING_BYTES)
+
+    def _peer_silent(self, reason: str) -> None:
+        # The client is gone without a FIN (host down, partition, frozen): stop generating for it.
+        self.abort(reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.heartbeat.stop()
         self.server.connections.discard(self)
         # The client is gone: nobody will read these streams, so abort their handlers.
         for task, ctx in list(self.tasks.values()):
@@ -143,6 +162,7 @@ class _ServerConnection(asyncio.Protocol):
         return None
 
     def data_received(self, data: bytes) -> None:
+        self.heartbeat.seen()
         try:
             payloads = self.reader.feed(data)
         except FrameTooLarge as exc:
@@ -169,7 +189,10 @@ class _ServerConnection(asyncio.Protocol):
                     task.cancel()
                 else:
                     ctx.stop()
-        else:
+        elif t == PING:
+            if not self.closed and self.transport is not None:
+                self.transport.write(PONG_BYTES)
+        elif t != PONG:  # a pong needs nothing more: data_received already recorded the peer alive
             self.abort(f"unexpected frame type {t!r}")
 
 
@@ -177,10 +200,13 @@ class TcpServer:
     """Serves every endpoint instance registered by this process on one listening socket."""
 
     def __init__(self, host: str | None = None, port: int | None = None) -> None:
+        #: the interface listened on; ``address`` is what goes into discovery (``advertise_host``)
         self.host = host or os.environ.get("DYN_TCP_RPC_HOST") or "127.0.0.1"
+        self.advertise_host = advertised_host(self.host, os.environ.get("DYN_TCP_RPC_ADVERTISE_HOST"))
         self.port = port if port is not None else _env_int("DYN_TCP_RPC_PORT", 0)
         self.max_workers = _env_int("DYN_TCP_WORKER_POOL_SIZE", 1500)
         self.max_queued = _env_int("DYN_TCP_WORK_QUEUE_SIZE", 6000)
+        self.heartbeat = HeartbeatSettings.from_env()
         self.endpoints: dict[str, EndpointEntry] = {}
         self.connections: set[_ServerConnection] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -189,6 +215,11 @@ class TcpServer:
 
     @property
     def address(self) -> str:
+        """``host:port`` that clients dial: never a wildcard (see ``host_address``)."""
+        return f"{self.advertise_host}:{self.port}"
+
+    @property
+    def bind_address(self) -> str:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
@@ -196,7 +227,7 @@ class TcpServer:
         self._slots = asyncio.Semaphore(self.max_workers)
         self._server = await loop.create_server(lambda: _ServerConnection(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
-        logger.debug("request plane listening on %s", self.address)
+        logger.debug("request plane listening on %s, advertised as %s", self.bind_address, self.address)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -380,7 +411,8 @@ class ResponseStream:
 
 
 class _ClientConnection(asyncio.Protocol):
-    def __init__(self, address: str, on_lost: Callable[[_ClientConnection], None]) -> None:
+    def __init__(self, address: str, on_lost: Callable[[_ClientConnection], None],
+                 heartbeat: HeartbeatSettings) -> None:
         self.address = address
         self._on_lost = on_lost
         self.reader = FrameReader()
@@ -388,19 +420,39 @@ class _ClientConnection(asyncio.Protocol):
         self.streams: dict[int, ResponseStream] = {}
         self._next_sid = 1
         self.closed = False
+        self._settings = heartbeat
+        self.heartbeat = Heartbeat(heartbeat, self._ping, self._peer_silent)
+        self._lost_reason = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport
         _nodelay(transport)
+        set_keepalive(transport.get_extra_info("socket"), self._settings)
+        self.heartbeat.start()
+
+    def _ping(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(PING_BYTES)
+
+    def _peer_silent(self, reason: str) -> None:
+        # The server is gone without a FIN (host down, partition, frozen): fail its streams so they
+        # migrate, and drop the connection so the pool reconnects (or routes around it).
+        logger.warning("request plane: dropping connection to %s: %s", self.address, reason)
+        self._lost_reason = reason
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.heartbeat.stop()
         self._on_lost(self)
+        why = f": {self._lost_reason}" if self._lost_reason else ""
         for stream in list(self.streams.values()):
-            stream._finish(errors.Disconnected(f"connection to {self.address} lost"))
+            stream._finish(errors.Disconnected(f"connection to {self.address} lost{why}"))
         self.streams.clear()
 
     def data_received(self, data: bytes) -> None:
+        self.heartbeat.seen()
         try:
             payloads = self.reader.feed(data)
             for payload in payloads:
@@ -408,6 +460,8 @@ class _ClientConnection(asyncio.Protocol):
                 stream = self.streams.get(frame.sid)
                 if stream is not None:
                     stream._on_frame(frame)
+                elif frame.t == PING and self.transport is not None and not self.closed:
+                    self.transport.write(PONG_BYTES)
         except (FrameTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
             logger.error("request plane: bad frame from %s: %s", self.address, exc)
             if self.transport is not None:
@@ -438,35 +492,39 @@ class TcpClient:
 
     def __init__(self) -> None:
         self._conns: dict[str, _ClientConnection] = {}
-        self._connecting: dict[str, asyncio.Future[_ClientConnection]] = {}
+        self._connecting: dict[str, asyncio.Task[_ClientConnection]] = {}
         self.connect_timeout = _env_float("DYN_TCP_CONNECT_TIMEOUT", 3.0)
         self.ack_timeout = _env_float("DYN_TCP_REQUEST_TIMEOUT", 5.0)
+        self.heartbeat = HeartbeatSettings.from_env()
         self.on_disconnect: list[Callable[[str], None]] = []
 
     async def _connection(self, address: str) -> _ClientConnection:
         conn = self._conns.get(address)
         if conn is not None and not conn.closed:
             return conn
-        pending = self._connecting.get(address)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[_ClientConnection] = asyncio.get_running_loop().create_future()
-        self._connecting[address] = fut
+        task = self._connecting.get(address)
+        if task is None:
+            # The connect belongs to the pool, not to the request that happened to start it: a
+            # requester cancelled mid-connect must not leave the others waiting on a dead future.
+            task = asyncio.get_running_loop().create_task(self._open(address))
+            # Retrieved here so a failure that every requester gave up on is not logged as lost.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._connecting[address] = task
+        return await asyncio.shield(task)
+
+    async def _open(self, address: str) -> _ClientConnection:
         try:
             host, _, port = address.rpartition(":")
             loop = asyncio.get_running_loop()
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: _ClientConnection(address, self._lost), host, int(port)),
+                    loop.create_connection(lambda: _ClientConnection(address, self._lost, self.heartbeat),
+                                           host, int(port)),
                     self.connect_timeout,
                 )
             except (OSError, asyncio.TimeoutError, ValueError) as exc:
-                err = errors.CannotConnect(f"cannot connect to {address}: {exc or type(exc).__name__}")
-                fut.set_exception(err)
-                fut.exception()  # retrieved: waiters re-raise it themselves
-                raise err from exc
+                raise errors.CannotConnect(f"cannot connect to {address}: {exc or type(exc).__name__}") from exc
             self._conns[address] = proto
-            fut.set_result(proto)
             return proto
         finally:
             self._connecting.pop(address, None)
@@ -498,6 +556,8 @@ class TcpClient:
         return stream
 
     async def close(self) -> None:
+        for task in list(self._connecting.values()):
+            task.cancel()
         for conn in list(self._conns.values()):
             if conn.transport is not None:
                 conn.transport.close()
