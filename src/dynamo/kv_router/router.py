@@ -142,6 +142,11 @@ class KvRouter:
         self._recovering: dict[int, list[RouterEvent]] = {}
         self._queue: PendingQueue[asyncio.Future[None]] = PendingQueue()
         self._queue_t0 = time.monotonic()
+        # Workers whose instance record is live. KV events from any other id are dropped: a draining
+        # worker keeps publishing after its key is gone, and indexing those events would re-create a
+        # worker nothing removes again (one leaked index entry per graceful restart). Events from a
+        # worker not yet seen are not lost for good: its first sighting rebuilds it from its snapshot.
+        self._live: set[int] = set(client.instance_ids())
         client.on_change(self._on_instance_change)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -232,6 +237,10 @@ class KvRouter:
     def apply_event(self, event: RouterEvent) -> str:
         if event.storage_tier != "device":
             return "ignored"
+        if event.worker_id not in self._live:
+            kind = type(event.event.data).__name__.removeprefix("Kv").lower()
+            self.metrics.events_applied.labels(kind, "unknown_worker").inc()
+            return "unknown_worker"
         pending = self._recovering.get(event.worker_id)
         if pending is not None:
             pending.append(event)  # replayed after the worker's snapshot
@@ -268,6 +277,8 @@ class KvRouter:
             async for item in await self._dump_client.direct({}, worker_id):
                 reply = item
             last_ids, events = parse_dump(reply)
+            if worker_id not in self._live:
+                return  # removed while its snapshot was in flight
             buffered = self._recovering.get(worker_id, [])
             self.indexer.clear_worker(worker_id)
             for ev in events:
@@ -285,11 +296,14 @@ class KvRouter:
             self._recovering.pop(worker_id, None)
 
     def _on_instance_change(self, kind: str, instance: Any) -> None:
+        wid = instance.instance_id
         if kind == "added":
-            self._schedule_recovery(instance.instance_id, "new worker")
+            self._live.add(wid)
+            self._schedule_recovery(wid, "new worker")
         if kind == "removed":
-            self.indexer.remove_worker(instance.instance_id)
-            self.sequences.remove_worker(instance.instance_id)
+            self._live.discard(wid)
+            self.indexer.remove_worker(wid)
+            self.sequences.remove_worker(wid)
             self._wake_queue()
 
     # -- decisions -----------------------------------------------------------------------------
