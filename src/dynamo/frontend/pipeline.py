@@ -276,5 +276,8 @@ async def merge_streams(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tupl
                 continue
             yield i, item
     finally:
+        # Wait for the cancelled pumps: a pump still inside its stream's ``__anext__`` makes the caller's
+        # ``aclose()`` of that stream fail with "asynchronous generator is already running".
         for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -205,9 +205,8 @@ class FrontendApp:
         merged = merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
         completion_tokens = [0] * len(pres)
         cached: list[int | None] = [None] * len(pres)
-        watcher: asyncio.Task[None] | None = None
-        if stream_mode:
-            watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
+        # Both modes: a client that leaves a unary request must not keep a worker generating to max_tokens.
+        watch = DisconnectWatch(receive, asyncio.current_task())
         try:
             first = True
             last_t = start
@@ -268,6 +267,7 @@ class FrontendApp:
                 if not started:
                     await send({"type": "http.response.start", "status": 200,
                                 "headers": SSE_HEADERS + _decision_headers(decisions)})
+                watch.disarm()
                 tail = b""
                 if include_usage:
                     uchunk = (oai.chat_usage_chunk if chat else oai.completion_usage_chunk)(cid, model, created, usage)
@@ -287,6 +287,7 @@ class FrontendApp:
                             c["stop_reason"] = finish[i][1]
                         choices.append(c)
                     payload = oai.completion_response(cid, model, created, choices, usage)
+                watch.disarm()
                 await send_json(send, 200, payload, JSON_HEADERS + _decision_headers(decisions))
             mm.isl.observe(prompt_tokens)
             mm.osl.observe(total)
@@ -313,16 +314,17 @@ class FrontendApp:
             else:
                 raise
         finally:
-            if watcher is not None:
-                watcher.cancel()
-            await merged.aclose()
-            for s in streams:
-                await s.aclose()
-            if queued:
-                mm.queued.dec()
-            mm.inflight.dec()
-            mm.duration.observe(time.perf_counter() - start)
-            m.requests.labels(model, endpoint, request_type, status, error_type).inc()
+            watch.close()
+            try:
+                await merged.aclose()
+                for s in streams:
+                    await s.aclose()
+            finally:
+                if queued:
+                    mm.queued.dec()
+                mm.inflight.dec()
+                mm.duration.observe(time.perf_counter() - start)
+                m.requests.labels(model, endpoint, request_type, status, error_type).inc()
 
     async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
         await read_body(receive, self.body_limit, scope)
@@ -409,13 +411,32 @@ def _direct_instance(scope: Scope) -> int | None:
     return None
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if task is not None:
-                task.cancel()
-            return
+class DisconnectWatch:
+    """Cancels the serving task when the client disconnects, until the response is being completed.
+
+    ``disarm()`` before sending the last bytes: once the response is complete the server reports
+    ``http.disconnect`` on the next ``receive()``, which must not cancel the task's own clean-up.
+    """
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+        self._task = task
+        self._armed = True
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if self._armed and self._task is not None:
+                    self._task.cancel()
+                return
+
+    def disarm(self) -> None:
+        self._armed = False
+
+    def close(self) -> None:
+        self._armed = False
+        self._watcher.cancel()
 
 
 def _parse(model: type[Any], raw: bytes) -> Any:
