@@ -13,6 +13,7 @@ from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.kv_router.protocols import ActiveLoad
 from dynamo.llm.busy import BusyThresholds
 from dynamo.llm.model_manager import ModelManager
+from dynamo.runtime import errors
 from dynamo.runtime.distributed import DistributedRuntime
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,9 @@ class LoadWatcher:
 
     def update(self, body: dict[str, Any]) -> dict[str, Any]:
         model = body["model"]
+        if model not in self.manager.model_names():
+            # Unknown names would otherwise each grow ``per_model`` for good.
+            raise errors.NotFound(f"model '{model}' not found")
         current = self.thresholds_for(model)
         given = {k: body[k] for k in _FIELDS if k in body}
         if given:
