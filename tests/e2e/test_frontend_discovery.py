@@ -115,8 +115,9 @@ def test_busy_workers_get_503_and_rejections_are_counted():
     dep = new_deployment()
     try:
         dep.mocker("--num-gpu-blocks-override", "64", "--block-size", "4", "--speedup-ratio", "0.5")
-        dep.start_frontend("--active-decode-blocks-threshold", "0.2")
+        dep.start_frontend("--active-decode-blocks-threshold", "0.2", env={"DYN_ADMIN_TOKEN": "s3cret"})
         dep.wait_models({"Qwen3-0.6B"})
+        admin = {"Authorization": "Bearer s3cret"}
         status, body = dep.get("/busy_threshold")
         assert status == 200 and body["thresholds"][0]["active_decode_blocks_threshold"] == 0.2
 
@@ -142,12 +143,22 @@ def test_busy_workers_get_503_and_rejections_are_counted():
         line = next(ln for ln in metrics.splitlines() if ln.startswith("dynamo_frontend_model_rejection_total"))
         assert float(line.rsplit(" ", 1)[1]) >= 1
 
+        # Only the operator may change thresholds: no token or a wrong one is refused, and nothing changes.
+        lift = {"model": "Qwen3-0.6B", "active_decode_blocks_threshold": None}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = httpx.post(dep.url + "/busy_threshold", json=lift, headers=headers, timeout=5)
+            assert r.status_code == 401 and "Bearer" in r.json()["error"]["message"]
+        assert dep.get("/busy_threshold")[1]["thresholds"][0]["active_decode_blocks_threshold"] == 0.2
+        # An unknown model is 404 (and is not remembered).
+        r = httpx.post(dep.url + "/busy_threshold", json={"model": "nope", "active_decode_blocks_threshold": 0},
+                       headers=admin, timeout=5)
+        assert r.status_code == 404
+        assert [t["model"] for t in dep.get("/busy_threshold")[1]["thresholds"]] == ["Qwen3-0.6B"]
         # Raising the threshold through the API lets traffic through again.
-        r = httpx.post(dep.url + "/busy_threshold", json={"model": "Qwen3-0.6B",
-                                                           "active_decode_blocks_threshold": None}, timeout=5)
+        r = httpx.post(dep.url + "/busy_threshold", json=lift, headers=admin, timeout=5)
         assert r.status_code == 200 and r.json()["active_decode_blocks_threshold"] is None
         assert post(5) == 200
-        assert httpx.post(dep.url + "/busy_threshold", content=b"nope", timeout=5).status_code == 400
+        assert httpx.post(dep.url + "/busy_threshold", content=b"nope", headers=admin, timeout=5).status_code == 400
         assert long_one.result(timeout=120) == 200
         pool.shutdown()
     finally:

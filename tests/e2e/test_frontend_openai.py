@@ -167,6 +167,25 @@ def test_health_live_metrics_openapi(deployment):
     assert r.status_code == 404
 
 
+def test_operator_controls_are_off_without_opt_in(deployment):
+    # Reading thresholds is public; changing them needs --admin-token, which this frontend lacks.
+    status, body = deployment.get("/busy_threshold")
+    assert status == 200 and [t["model"] for t in body["thresholds"]] == [MODEL]
+    r = httpx.post(deployment.url + "/busy_threshold", timeout=5, headers={"Authorization": "Bearer x"},
+                   json={"model": MODEL, "active_decode_blocks_threshold": 0})
+    assert r.status_code == 403 and "--admin-token" in r.json()["error"]["message"]
+    assert deployment.get("/busy_threshold")[1] == body
+    # Pinning a worker needs --router-mode direct or --enable-direct-routing-header.
+    _, health = deployment.get("/health")
+    iid = health["instances"][0]["instance_id"]
+    r = httpx.post(deployment.url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2},
+                   headers={"x-worker-instance-id": str(iid)}, timeout=30)
+    assert r.status_code == 403 and "--enable-direct-routing-header" in r.json()["error"]["message"]
+    # A refused request is not left counted as in flight.
+    metrics = httpx.get(deployment.url + "/metrics", timeout=5).text
+    assert f'dynamo_frontend_inflight_requests{{model="{MODEL}"}} 0.0' in metrics
+
+
 def test_garbage_on_the_http_socket_does_not_hurt(deployment, client):
     import socket
 

@@ -28,18 +28,29 @@ def test_kv_events_over_nats_survive_a_server_restart(nats_server):  # noqa: F81
         dep.wait_models({"Qwen3-0.6B"})
         body = {"model": "Qwen3-0.6B", "prompt": list(range(3000, 3064)), "max_tokens": 4}
 
-        ok, failed, stop = [0], [], threading.Event()
+        # Every attempt ends in exactly one of ok / failed; a load thread that dies is a failure too.
+        ok, failed, attempts, finished, stop = [0], [], [0], [], threading.Event()
+        lock = threading.Lock()
 
         def load() -> None:
             with httpx.Client(timeout=30) as c:
                 i = 0
                 while not stop.is_set():
                     i += 1
-                    r = c.post(dep.url + "/v1/completions", json={**body, "prompt": [i % 5000 + 100] * 64})
-                    if r.status_code == 200:
-                        ok[0] += 1
-                    else:
-                        failed.append(r.status_code)
+                    with lock:
+                        attempts[0] += 1
+                    try:
+                        r = c.post(dep.url + "/v1/completions", json={**body, "prompt": [i % 5000 + 100] * 64})
+                    except Exception as exc:  # counted and asserted on below
+                        with lock:
+                            failed.append(repr(exc))
+                        continue
+                    with lock:
+                        if r.status_code == 200:
+                            ok[0] += 1
+                        else:
+                            failed.append(r.status_code)
+            finished.append(True)
 
         threads = [threading.Thread(target=load) for _ in range(3)]
         for t in threads:
@@ -56,7 +67,8 @@ def test_kv_events_over_nats_survive_a_server_restart(nats_server):  # noqa: F81
             stop.set()
             for t in threads:
                 t.join(30)
-        assert failed == []
+        assert not any(t.is_alive() for t in threads) and len(finished) == len(threads)
+        assert failed == [] and ok[0] == attempts[0] > 30
         # KV routing keeps using the index: a repeated prompt finds its cached blocks.
         first = httpx.post(dep.url + "/v1/completions", json=body, timeout=30)
         assert first.status_code == 200

@@ -40,9 +40,9 @@ class Deployment:
     def mocker(self, *extra: str, name: str = "mocker", model: Path = QWEN) -> subprocess.Popen[bytes]:
         return self.spawn(name, "-m", "dynamo.mocker", "--model-path", str(model), *extra)
 
-    def start_frontend(self, *extra: str) -> subprocess.Popen[bytes]:
+    def start_frontend(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.frontend = self.spawn("frontend", "-m", "dynamo.frontend", "--http-host", "127.0.0.1",
-                                   "--http-port", str(self.port), *extra)
+                                   "--http-port", str(self.port), *extra, env=env)
         return self.frontend
 
     def get(self, path: str) -> tuple[int, dict]:

@@ -50,3 +50,15 @@ def test_disabled_thresholds_and_unknown_workers():
     assert not m.update(99, kv_used_blocks=1)
     m.remove_worker(1)
     assert m.busy_workers() == set()
+
+
+def test_retain_forgets_removed_workers() -> None:
+    from dynamo.llm.busy import BusyMonitor
+
+    mon = BusyMonitor()
+    for wid in (1, 2, 3):
+        mon.add_worker(wid, total_kv_blocks=10, max_num_batched_tokens=None)
+        mon.update(wid, kv_used_blocks=11)
+    assert mon.busy_workers() == {1, 2, 3}
+    mon.retain({2})
+    assert mon.busy_workers() == {2} and set(mon._workers) == {2}

@@ -365,3 +365,29 @@ def test_property_jail_matches_brute_force(text: str, stops: list[str], cuts: li
         assert out == text[:at + len(s)] if include else out == text[:at]
     else:
         assert matched is None and out == text
+
+
+def test_jail_state_is_linear_in_the_stop_strings() -> None:
+    """A stop string of length L must cost O(L) memory, not every one of its prefixes (O(L^2))."""
+    import tracemalloc
+
+    stops = ["ab" * 512, "z" * 1024]
+    tracemalloc.start()
+    try:
+        jail = StopStringJail(stops)
+        built, _ = tracemalloc.get_traced_memory()
+        # Feed text that keeps nearly matching (the worst case for a suffix/prefix search).
+        out = ""
+        for _ in range(200):
+            emitted, matched = jail.push("ab" * 50 + "b")
+            assert matched is None
+            out += emitted
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 2 x 1024 chars of stop strings: the prefix-set design allocated over 1 MB here.
+    assert built < 100_000, built
+    assert peak < 200_000, peak
+    assert jail.held == ""  # "...bb" is not a prefix of "abab..."
+    emitted, matched = jail.push("ab" * 512)
+    assert matched == "ab" * 512 and emitted == ""

@@ -64,6 +64,8 @@ BAD_CHAT: list[tuple[dict[str, Any], str, str]] = [
     (chat(top_logprobs=2), "top_logprobs", "requires logprobs"),
     (chat(stop=["x"] * 33), "stop", "at most 32"),
     (chat(stop=5), "stop", "got 5"),
+    (chat(stop="x" * 8192), "stop", "at most 1024 characters"),
+    (chat(stop=["ok", "y" * 1025]), "stop", "at most 1024 characters"),
     (chat(logit_bias={"12": 101}), "logit_bias", "[-100, 100]"),
     (chat(stream_options={"include_usage": True}), "stream_options", "stream is true"),
     (chat(stream=False, stream_options={"include_usage": True}), "stream_options", "stream is true"),
@@ -83,6 +85,7 @@ BAD_COMPLETION: list[tuple[dict[str, Any], str, str]] = [
     (comp(prompt=["a", 1]), "prompt", "mix"),
     (comp(logprobs=6), "logprobs", "less than or equal to 5"),
     (comp(max_tokens=0), "max_tokens", "greater than or equal to 1"),
+    (comp(stop="x" * 8192), "stop", "at most 1024 characters"),
     (comp(stream_options={"include_usage": True}), "stream_options", "stream is true"),
 ]
 
@@ -140,7 +143,7 @@ def test_good_chat_request_and_unknown_fields_ignored() -> None:
 def test_boundary_values_accepted() -> None:
     ChatCompletionRequest.model_validate(chat(
         temperature=2, top_p=0, presence_penalty=-2, frequency_penalty=2, repetition_penalty=0, min_p=1,
-        n=128, top_logprobs=20, logprobs=True, stop=["s"] * 32, logit_bias={"1": -100}, top_k=1,
+        n=128, top_logprobs=20, logprobs=True, stop=["s" * 1024] * 32, logit_bias={"1": -100}, top_k=1,
     ))
     CompletionRequest.model_validate(comp(logprobs=5, best_of=20, n=2))
 

@@ -11,6 +11,7 @@ from dynamo.common.configuration import (
     ArgGroup,
     ArgumentContainer,
     add_argument,
+    add_negatable_bool_argument,
     nullable_float,
     nullable_int,
 )
@@ -41,7 +42,14 @@ class FrontendConfig(RuntimeConfig):
     model_filter_namespace: str | None = None
     kv_cache_block_size: int | None = None
     kv_router: Any = None
+    admin_token: str | None = None
+    enable_direct_routing_header: bool = False
     verbose: int = 0
+
+    @property
+    def direct_routing_allowed(self) -> bool:
+        """Whether clients may pin a worker with ``x-worker-instance-id``."""
+        return self.router_mode == "direct" or self.enable_direct_routing_header
 
     def validate(self) -> None:
         super().validate()
@@ -86,6 +94,14 @@ class FrontendArgGroup(ArgGroup):
         add_argument(parser, "--active-prefill-tokens-threshold-frac", "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD_FRAC",
                      10.0, "Worker busy above this multiple of max_num_batched_tokens ('None' disables).",
                      arg_type=nullable_float)
+        # Operator controls stay off the public API unless asked for: any client could otherwise mark
+        # the fleet busy (POST /busy_threshold) or pin a worker past busy detection.
+        add_argument(parser, "--admin-token", "DYN_ADMIN_TOKEN", None,
+                     "Enables POST /busy_threshold for requests carrying 'Authorization: Bearer <token>' "
+                     "(prefer the env var: a flag is visible in the process list).")
+        add_negatable_bool_argument(parser, "--enable-direct-routing-header", "DYN_ENABLE_DIRECT_ROUTING_HEADER",
+                                    False, "Honour the x-worker-instance-id header outside --router-mode direct "
+                                    "(otherwise such requests get 403).")
         parser.add_argument("-i", "--interactive", action="store_true",
                             help="Chat with the first model in the terminal instead of serving HTTP.")
         parser.add_argument("-v", "--verbose", action="count", default=0,

@@ -13,6 +13,7 @@ from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.kv_router.protocols import ActiveLoad
 from dynamo.llm.busy import BusyThresholds
 from dynamo.llm.model_manager import ModelManager
+from dynamo.runtime import errors
 from dynamo.runtime.distributed import DistributedRuntime
 
 logger = logging.getLogger(__name__)
@@ -30,15 +31,43 @@ class LoadWatcher:
         self.defaults = defaults
         self.per_model: dict[str, BusyThresholds] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._subs: list[Any] = []
+        self._subs: dict[str, Any] = {}
+        # Workers of some worker set; reports from any other id (a removed worker's last words) are
+        # dropped so they cannot re-create its series or busy state.
+        self._live: set[int] = set()
+        self._labelled: dict[int, set[int]] = {}  # worker id -> dp ranks with metric series
+        self._closing: set[asyncio.Task[Any]] = set()
 
     def thresholds_for(self, model: str) -> BusyThresholds:
         return self.per_model.get(model, self.defaults)
 
     def on_models_changed(self) -> None:
-        for ws in self.manager.all_sets():
+        sets = self.manager.all_sets()
+        for ws in sets:
             if ws.namespace not in self._tasks:
                 self._tasks[ws.namespace] = asyncio.get_running_loop().create_task(self._follow(ws.namespace))
+            if ws.engine is not None:
+                ws.engine.monitor.retain(ws.instances)
+        self._live = {iid for ws in sets for iid in ws.instances}
+        for wid in [w for w in self._labelled if w not in self._live]:
+            self._drop_series(wid)
+        # A namespace whose last worker set is gone needs no subscription any more.
+        namespaces = {ws.namespace for ws in sets}
+        for ns in [n for n in self._tasks if n not in namespaces]:
+            self._tasks.pop(ns).cancel()
+            sub = self._subs.pop(ns, None)
+            if sub is not None:
+                task = asyncio.get_running_loop().create_task(sub.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+                task.add_done_callback(_log_close_error)
+
+    def _drop_series(self, worker_id: int) -> None:
+        m = self.metrics
+        for rank in self._labelled.pop(worker_id, ()):
+            for gauge in (m.worker_kv_used_blocks, m.worker_active_decode_blocks, m.worker_active_prefill_tokens):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(str(worker_id), str(rank))
 
     async def _follow(self, namespace: str) -> None:
         try:
@@ -47,7 +76,7 @@ class LoadWatcher:
             logger.warning("cannot subscribe to kv_metrics in %s (%s): busy detection uses router state only",
                            namespace, exc)
             return
-        self._subs.append(sub)
+        self._subs[namespace] = sub
         async for env in sub:
             try:
                 load = env.decode(ActiveLoad)
@@ -56,6 +85,9 @@ class LoadWatcher:
             self.apply(load)
 
     def apply(self, load: ActiveLoad) -> None:
+        if load.worker_id not in self._live:
+            return
+        self._labelled.setdefault(load.worker_id, set()).add(load.dp_rank)
         wid, rank = str(load.worker_id), str(load.dp_rank)
         if load.kv_used_blocks is not None:
             self.metrics.worker_kv_used_blocks.labels(wid, rank).set(load.kv_used_blocks)
@@ -72,7 +104,7 @@ class LoadWatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for sub in self._subs:
+        for sub in self._subs.values():
             with contextlib.suppress(Exception):
                 await sub.close()
 
@@ -83,6 +115,9 @@ class LoadWatcher:
 
     def update(self, body: dict[str, Any]) -> dict[str, Any]:
         model = body["model"]
+        if model not in self.manager.model_names():
+            # Unknown names would otherwise each grow ``per_model`` for good.
+            raise errors.NotFound(f"model '{model}' not found")
         current = self.thresholds_for(model)
         given = {k: body[k] for k in _FIELDS if k in body}
         if given:
@@ -100,3 +135,8 @@ class LoadWatcher:
                 if ws.model == model and ws.engine is not None:
                     ws.engine.monitor.set_thresholds(current)
         return {"model": model, **current.to_dict()}
+
+
+def _log_close_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("closing a kv_metrics subscription failed: %s", task.exception())

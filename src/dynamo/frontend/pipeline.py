@@ -11,7 +11,7 @@ import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,7 +159,8 @@ class ModelEngine:
     # -- engine stream with migration ---------------------------------------------------------------
 
     async def engine_stream(self, request: PreprocessedRequest, instance_id: int | None = None,
-                            on_decision: Any = None) -> AsyncIterator[LLMEngineOutput]:
+                            on_decision: Any = None, on_instance: Callable[[int], None] | None = None,
+                            ) -> AsyncIterator[LLMEngineOutput]:
         """Stream engine outputs, re-issuing the request on another worker if its worker is lost.
 
         On a mid-stream failure the tokens generated so far are appended to the prompt and
@@ -180,6 +181,8 @@ class ModelEngine:
                     iid, stream = await self.router.generate(current, headers, instance_id, on_decision=on_decision)
                 else:
                     iid, stream = await self.router.generate(current, headers, instance_id)
+                if on_instance is not None:
+                    on_instance(iid)
             except errors.DynamoError as exc:
                 if exc.migratable and retries > 0 and instance_id is None:
                     retries -= 1
@@ -234,10 +237,12 @@ class ModelEngine:
                 await stream.aclose()
 
     async def choice_stream(self, pre: PreprocessResult, instance_id: int | None = None,
-                            on_decision: Any = None) -> AsyncIterator[StepResult]:
-        """Detokenized, stop-checked results for one choice; the last one carries ``finish_reason``."""
+                            on_decision: Any = None, on_instance: Callable[[int], None] | None = None,
+                            ) -> AsyncIterator[StepResult]:
+        """Detokenized, stop-checked results for one choice; the last one carries ``finish_reason``.
+        ``on_instance`` is told each worker instance the choice is dispatched to."""
         checker = StopChecker.for_request(self.tokenizer, pre.request)
-        stream = self.engine_stream(pre.request, instance_id, on_decision)
+        stream = self.engine_stream(pre.request, instance_id, on_decision, on_instance)
         try:
             async for out in stream:
                 res = checker.process_output(out)
@@ -289,5 +294,8 @@ async def merge_streams(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tupl
                 continue
             yield i, item
     finally:
+        # Wait for the cancelled pumps: a pump still inside its stream's ``__anext__`` makes the caller's
+        # ``aclose()`` of that stream fail with "asynchronous generator is already running".
         for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -66,7 +66,8 @@ async def build_frontend(config: FrontendConfig, runtime: DistributedRuntime) ->
     manager.on_change.append(update_model_gauges)
     loads = LoadWatcher(runtime, manager, metrics, thresholds)
     manager.on_change.append(loads.on_models_changed)
-    app = FrontendApp(manager, metrics, busy=loads)
+    app = FrontendApp(manager, metrics, busy=loads, admin_token=config.admin_token,
+                      direct_routing=config.direct_routing_allowed)
     await manager.start()
     return Frontend(runtime, manager, metrics, app, loads)
 

@@ -38,6 +38,10 @@ class KvRouterConfig:
     router_prune_target_ratio: float = 0.8
     router_queue_threshold: float | None = 4.0
     """Park requests while every worker's prefill load exceeds this × ``max_num_batched_tokens``."""
+    router_queue_max_size: int = 1024
+    """Parked requests beyond this many are refused at once (HTTP 503)."""
+    router_queue_timeout_secs: float = 60.0
+    """A parked request still waiting after this long is refused (HTTP 503)."""
     router_event_threads: int = 4
     router_queue_policy: str = "fcfs"
     use_remote_indexer: bool = False
@@ -76,6 +80,10 @@ class KvRouterConfig:
             errors.append("router_prune_target_ratio must be in [0, 1]")
         if self.router_queue_threshold is not None and not self.router_queue_threshold >= 0.0:
             errors.append("router_queue_threshold must be >= 0 (or None to disable the queue)")
+        if self.router_queue_max_size < 1:
+            errors.append("router_queue_max_size must be >= 1")
+        if not self.router_queue_timeout_secs > 0.0:
+            errors.append("router_queue_timeout_secs must be > 0")
         if self.router_event_threads < 1:
             errors.append("router_event_threads must be >= 1")
         if self.use_remote_indexer and self.serve_indexer:

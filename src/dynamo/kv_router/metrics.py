@@ -40,3 +40,6 @@ class RouterMetrics:
                                     ["worker_id", "dp_rank"], registry=reg)
         self.queue_pending = Gauge("dynamo_frontend_router_queue_pending_requests",
                                    "Requests parked because every worker is saturated", registry=reg)
+        self.queue_rejections = Counter("dynamo_frontend_router_queue_rejections",
+                                        "Requests refused by the router queue (full, or waited too long)",
+                                        ["reason"], registry=reg)

@@ -143,6 +143,13 @@ class KvRouter:
         self._recovering: dict[int, list[RouterEvent]] = {}
         self._queue: PendingQueue[asyncio.Future[None]] = PendingQueue()
         self._queue_t0 = time.monotonic()
+        # Workers whose instance record is live. KV events from any other id are dropped: a draining
+        # worker keeps publishing after its key is gone, and indexing those events would re-create a
+        # worker nothing removes again (one leaked index entry per graceful restart). Events from a
+        # worker not yet seen are not lost for good: its first sighting rebuilds it from its snapshot.
+        self._live: set[int] = set(client.instance_ids())
+        # dp ranks with per-worker metric series, so a removed worker's series can be dropped
+        self._labelled: dict[int, set[int]] = {}
         client.on_change(self._on_instance_change)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -217,6 +224,8 @@ class KvRouter:
 
     def apply_replica_event(self, ev: ActiveSequenceEvent) -> None:
         """Mirror another replica's booking so both see the same worker load."""
+        if ev.worker_id not in self._live:
+            return  # a worker this replica has not seen, or has already removed with its bookings
         rid = f"replica-{ev.router_id:x}-{ev.request_id}"
         key = (ev.worker_id, ev.dp_rank)
         data = ev.data
@@ -234,6 +243,10 @@ class KvRouter:
     def apply_event(self, event: RouterEvent) -> str:
         if event.storage_tier != "device":
             return "ignored"
+        if event.worker_id not in self._live:
+            kind = type(event.event.data).__name__.removeprefix("Kv").lower()
+            self.metrics.events_applied.labels(kind, "unknown_worker").inc()
+            return "unknown_worker"
         pending = self._recovering.get(event.worker_id)
         if pending is not None:
             pending.append(event)  # replayed after the worker's snapshot
@@ -270,6 +283,8 @@ class KvRouter:
             async for item in await self._dump_client.direct({}, worker_id):
                 reply = item
             last_ids, events = parse_dump(reply)
+            if worker_id not in self._live:
+                return  # removed while its snapshot was in flight
             buffered = self._recovering.get(worker_id, [])
             self.indexer.clear_worker(worker_id)
             for ev in events:
@@ -287,11 +302,19 @@ class KvRouter:
             self._recovering.pop(worker_id, None)
 
     def _on_instance_change(self, kind: str, instance: Any) -> None:
+        wid = instance.instance_id
         if kind == "added":
-            self._schedule_recovery(instance.instance_id, "new worker")
+            self._live.add(wid)
+            self._schedule_recovery(wid, "new worker")
         if kind == "removed":
-            self.indexer.remove_worker(instance.instance_id)
-            self.sequences.remove_worker(instance.instance_id)
+            self._live.discard(wid)
+            self.indexer.remove_worker(wid)
+            self.sequences.remove_worker(wid)
+            for rank in self._labelled.pop(wid, ()):
+                labels = (str(wid), str(rank))
+                for gauge in (self.metrics.active_blocks, self.metrics.active_prefill):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(*labels)
             self._wake_queue()
 
     # -- decisions -----------------------------------------------------------------------------
@@ -375,8 +398,17 @@ class KvRouter:
         return should_queue({k: active.get(k, 0) for k in cands}, caps, threshold)
 
     async def _wait_for_capacity(self, isl: int, priority: int) -> None:
+        """Park the request while every worker is saturated; ``ResourceExhausted`` (HTTP 503) when the
+        queue is full or the request waited past ``router_queue_timeout_secs``."""
         if not self._saturated() and not len(self._queue):
             return
+        cfg = self.config
+        if len(self._queue) >= cfg.router_queue_max_size:
+            self.metrics.queue_rejections.labels("full").inc()
+            raise errors.ResourceExhausted(
+                f"router queue is full ({len(self._queue)} requests waiting for a free worker, "
+                f"--router-queue-max-size {cfg.router_queue_max_size}); retry later")
+        deadline = time.monotonic() + cfg.router_queue_timeout_secs
         policy = QueuePolicy(self.config.router_queue_policy)
         key = priority_key(policy, priority_jump=max(priority, 0),
                            arrival_offset_s=time.monotonic() - self._queue_t0, isl=isl, overlap_blocks=0,
@@ -386,8 +418,14 @@ class KvRouter:
         self.metrics.queue_pending.set(len(self._queue))
         try:
             while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.metrics.queue_rejections.labels("timeout").inc()
+                    raise errors.ResourceExhausted(
+                        f"no worker had capacity within {cfg.router_queue_timeout_secs:g}s in the router queue "
+                        "(--router-queue-timeout); retry later")
                 try:
-                    await asyncio.wait_for(asyncio.shield(fut), 1.0)
+                    await asyncio.wait_for(asyncio.shield(fut), min(1.0, left))
                     return
                 except asyncio.TimeoutError:
                     self._wake_queue()
@@ -499,6 +537,9 @@ class KvRouter:
         self._wake_queue()
 
     def _publish_load(self, key: WorkerKey) -> None:
+        if key[0] not in self._live:
+            return  # a request outlived its worker: no series (or busy state) for a removed worker
+        self._labelled.setdefault(key[0], set()).add(key[1])
         prefill = self.sequences.active_prefill_tokens().get(key, 0)
         blocks = self.sequences.active_blocks().get(key, 0)
         wid, rank = str(key[0]), str(key[1])

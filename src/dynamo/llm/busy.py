@@ -61,6 +61,11 @@ class BusyMonitor:
         self._workers.pop(worker_id, None)
         self._busy.discard(worker_id)
 
+    def retain(self, worker_ids: set[int]) -> None:
+        """Forget every worker not in ``worker_ids`` (the set's live instances)."""
+        for wid in [w for w in self._workers if w not in worker_ids]:
+            self.remove_worker(wid)
+
     def update(self, worker_id: int, dp_rank: int = 0, *, kv_used_blocks: int | None = None,
                active_decode_blocks: int | None = None, active_prefill_tokens: int | None = None) -> bool:
         """Apply one load report; returns whether the worker's busy state changed."""

@@ -158,6 +158,11 @@ class ModelManager:
             if not ws.instances:
                 del sets[set_key]
                 await _close_engine(ws.engine)
+                # The endpoint's client (its discovery watch and listeners) goes with its last set.
+                if not any(other.endpoint == ws.endpoint for other in self.all_sets()):
+                    client = self._clients.pop(ws.endpoint, None)
+                    if client is not None:
+                        await client.close()
                 logger.info("worker set %s of model %r removed (no workers left)", set_key, model)
                 if not sets:
                     del self.sets[model]

@@ -253,7 +253,8 @@ async def _engines_for(ws: WorkerSet, router: Any, config: RunConfig, kind: str,
     metrics = FrontendMetrics()
     ws.engine = ModelEngine(ws, pre, router, metrics, pipeline_options(config))
     manager = SingleModelManager(ws, closers)
-    return Engines(manager, metrics, FrontendApp(manager, metrics), kind)  # type: ignore[arg-type]
+    app = FrontendApp(manager, metrics, direct_routing=config.router_mode == "direct")  # type: ignore[arg-type]
+    return Engines(manager, metrics, app, kind)  # type: ignore[arg-type]
 
 
 async def local_engines(config: RunConfig) -> Engines:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import time
@@ -87,10 +88,15 @@ async def send_json(send: Send, status: int, payload: Any, headers: list[tuple[b
 
 class FrontendApp:
     def __init__(self, manager: ModelManager, metrics: FrontendMetrics, *, busy: Any = None,
-                 body_limit: int | None = None) -> None:
+                 body_limit: int | None = None, admin_token: str | None = None,
+                 direct_routing: bool = False) -> None:
+        """``admin_token`` enables ``POST /busy_threshold`` for requests that present it as a bearer
+        token; ``direct_routing`` lets clients pin a worker with ``x-worker-instance-id``."""
         self.manager = manager
         self.metrics = metrics
         self.busy = busy
+        self.admin_token = admin_token or None
+        self.direct_routing = direct_routing
         self.body_limit = body_limit if body_limit is not None else body_limit_from_env()
         self.shutting_down = False
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
@@ -193,21 +199,26 @@ class FrontendApp:
         cid = oai.chat_completion_id(rid) if chat else oai.completion_id(rid)
         prompt_tokens = sum(p.prompt_tokens for p in pres[:: (req.n or 1)])
         start = time.perf_counter()
+        # Refusals come before the gauges go up: nothing below may raise until the ``try``.
+        instance_id = _direct_instance(scope)
+        if instance_id is not None and not self.direct_routing:
+            raise HttpError(403, "routing by x-worker-instance-id is disabled on this frontend (enable it with "
+                                 "--router-mode direct or --enable-direct-routing-header)", "x-worker-instance-id")
         mm.inflight.inc()
         mm.queued.inc()
         queued = True
         request_type = "stream" if stream_mode else "unary"
         status, error_type = "success", ""
-        instance_id = _direct_instance(scope)
         decisions: list[Any] = []
         on_decision = decisions.append if getattr(engine.router, "supports_decisions", False) else None
-        streams = [engine.choice_stream(p, instance_id, on_decision) for p in pres]
+        served: list[int] = []  # the instance serving the first choice (the last one, after a migration)
+        streams = [engine.choice_stream(p, instance_id, on_decision, on_instance=served.append if i == 0 else None)
+                   for i, p in enumerate(pres)]
         merged = merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
         completion_tokens = [0] * len(pres)
         cached: list[int | None] = [None] * len(pres)
-        watcher: asyncio.Task[None] | None = None
-        if stream_mode:
-            watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, asyncio.current_task()))
+        # Both modes: a client that leaves a unary request must not keep a worker generating to max_tokens.
+        watch = DisconnectWatch(receive, asyncio.current_task())
         try:
             first = True
             last_t = start
@@ -237,7 +248,7 @@ class FrontendApp:
                     continue
                 if not started:
                     await send({"type": "http.response.start", "status": 200,
-                                "headers": SSE_HEADERS + _decision_headers(decisions)})
+                                "headers": SSE_HEADERS + _decision_headers(decisions) + _served_header(served)})
                     started = True
                 fr = _openai_finish(res.finish_reason) if res.finish_reason is not None else None
                 if chat:
@@ -267,7 +278,8 @@ class FrontendApp:
             if stream_mode:
                 if not started:
                     await send({"type": "http.response.start", "status": 200,
-                                "headers": SSE_HEADERS + _decision_headers(decisions)})
+                                "headers": SSE_HEADERS + _decision_headers(decisions) + _served_header(served)})
+                watch.disarm()
                 tail = b""
                 if include_usage:
                     uchunk = (oai.chat_usage_chunk if chat else oai.completion_usage_chunk)(cid, model, created, usage)
@@ -287,7 +299,8 @@ class FrontendApp:
                             c["stop_reason"] = finish[i][1]
                         choices.append(c)
                     payload = oai.completion_response(cid, model, created, choices, usage)
-                await send_json(send, 200, payload, JSON_HEADERS + _decision_headers(decisions))
+                watch.disarm()
+                await send_json(send, 200, payload, JSON_HEADERS + _decision_headers(decisions) + _served_header(served))
             mm.isl.observe(prompt_tokens)
             mm.osl.observe(total)
             mm.output_tokens.inc(total)
@@ -313,16 +326,17 @@ class FrontendApp:
             else:
                 raise
         finally:
-            if watcher is not None:
-                watcher.cancel()
-            await merged.aclose()
-            for s in streams:
-                await s.aclose()
-            if queued:
-                mm.queued.dec()
-            mm.inflight.dec()
-            mm.duration.observe(time.perf_counter() - start)
-            m.requests.labels(model, endpoint, request_type, status, error_type).inc()
+            watch.close()
+            try:
+                await merged.aclose()
+                for s in streams:
+                    await s.aclose()
+            finally:
+                if queued:
+                    mm.queued.dec()
+                mm.inflight.dec()
+                mm.duration.observe(time.perf_counter() - start)
+                m.requests.labels(model, endpoint, request_type, status, error_type).inc()
 
     async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
         await read_body(receive, self.body_limit, scope)
@@ -380,6 +394,7 @@ class FrontendApp:
         if scope["method"] == "GET":
             await send_json(send, 200, {"thresholds": self.busy.all_thresholds()})
             return
+        self._require_admin(scope)
         raw = await read_body(receive, self.body_limit, scope)
         try:
             body = orjson.loads(raw)
@@ -388,6 +403,28 @@ class FrontendApp:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise HttpError(400, "body must be an object with a 'model' string", "model")
         await send_json(send, 200, self.busy.update(body))
+
+
+    def _require_admin(self, scope: Scope) -> None:
+        """Operator routes need the admin token (``GET /busy_threshold`` stays public: it shows the
+        thresholds of models ``/v1/models`` already lists, and changes nothing)."""
+        if self.admin_token is None:
+            raise HttpError(403, f"{scope['method']} {scope['path']} is disabled on this frontend: start it with "
+                                 "--admin-token (or DYN_ADMIN_TOKEN) and send 'Authorization: Bearer <token>'")
+        presented = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                presented = value
+        scheme, _, token = presented.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.admin_token.encode()):
+            raise HttpError(401, "this route needs 'Authorization: Bearer <admin token>'")
+
+
+def _served_header(served: list[int]) -> list[tuple[bytes, bytes]]:
+    """``x-dynamo-worker-instance-id``: the worker instance that served the (first) choice."""
+    if not served:
+        return []
+    return [(b"x-dynamo-worker-instance-id", str(served[-1]).encode())]
 
 
 def _decision_headers(decisions: list[Any]) -> list[tuple[bytes, bytes]]:
@@ -414,13 +451,32 @@ def _direct_instance(scope: Scope) -> int | None:
     return None
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if task is not None:
-                task.cancel()
-            return
+class DisconnectWatch:
+    """Cancels the serving task when the client disconnects, until the response is being completed.
+
+    ``disarm()`` before sending the last bytes: once the response is complete the server reports
+    ``http.disconnect`` on the next ``receive()``, which must not cancel the task's own clean-up.
+    """
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+        self._task = task
+        self._armed = True
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if self._armed and self._task is not None:
+                    self._task.cancel()
+                return
+
+    def disarm(self) -> None:
+        self._armed = False
+
+    def close(self) -> None:
+        self._armed = False
+        self._watcher.cancel()
 
 
 def _parse(model: type[Any], raw: bytes) -> Any:

@@ -66,16 +66,24 @@ class StepResult:
 
 
 class StopStringJail:
-    """Holds back text that may be the beginning of a stop string."""
+    """Holds back text that may be the beginning of a stop string.
 
-    __slots__ = ("_held", "_max_len", "_prefixes", "include_in_output", "stops")
+    Full matches are found with ``str.find`` on the held text plus the new text (held text is shorter
+    than the longest stop string). What to hold back is the longest suffix of the text so far that is
+    a proper prefix of some stop string: one Knuth-Morris-Pratt automaton per stop string, advanced by
+    the new characters only, tracks it in O(new text) steps per push and O(stop length) memory. (Keeping
+    every prefix of every stop string in a set, as this class once did, cost O(length²): 33 MB for one
+    8k-character stop string, built on the event loop.)
+    """
+
+    __slots__ = ("_fail", "_held", "_state", "include_in_output", "stops")
 
     def __init__(self, stops: Iterable[str], include_in_output: bool = False) -> None:
         self.stops: tuple[str, ...] = tuple(s for s in dict.fromkeys(stops) if s)
         self.include_in_output = include_in_output
-        self._max_len = max((len(s) for s in self.stops), default=0)
-        # every proper prefix of every stop string, for O(max_len) hold-back checks
-        self._prefixes = frozenset(s[:k] for s in self.stops for k in range(1, len(s)))
+        self._fail: list[list[int]] = [_failure_table(s) for s in self.stops]
+        # per stop string: how many of its leading characters the end of the text so far matches
+        self._state: list[int] = [0] * len(self.stops)
         self._held = ""
 
     def push(self, text: str) -> tuple[str, str | None]:
@@ -90,15 +98,16 @@ class StopStringJail:
             if at != -1 and (best_at == -1 or at < best_at or (at == best_at and len(s) > len(best or ""))):
                 best_at, best = at, s
         if best is not None:
-            self._held = ""
+            self._reset()
             end = best_at + len(best) if self.include_in_output else best_at
             return buf[:end], best
         hold = 0
-        prefixes = self._prefixes
-        for k in range(min(len(buf), self._max_len - 1), 0, -1):
-            if buf[-k:] in prefixes:
-                hold = k
-                break
+        state = self._state
+        for i, s in enumerate(self.stops):
+            q = _advance(s, self._fail[i], state[i], text)
+            state[i] = q
+            if q > hold:
+                hold = q
         if hold:
             self._held = buf[-hold:]
             return buf[:-hold], None
@@ -107,12 +116,45 @@ class StopStringJail:
 
     def flush(self) -> str:
         """Release held-back text (the stream ended without completing a stop string)."""
-        held, self._held = self._held, ""
+        held = self._held
+        self._reset()
         return held
+
+    def _reset(self) -> None:
+        self._held = ""
+        self._state = [0] * len(self.stops)
 
     @property
     def held(self) -> str:
         return self._held
+
+
+def _failure_table(s: str) -> list[int]:
+    """``fail[k]``: length of the longest proper border (prefix that is also a suffix) of ``s[:k]``."""
+    fail = [0] * (len(s) + 1)
+    k = 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = fail[k]
+        if s[i] == s[k]:
+            k += 1
+        fail[i + 1] = k
+    return fail
+
+
+def _advance(s: str, fail: list[int], q: int, text: str) -> int:
+    """KMP step: from ``q`` matched characters of ``s``, consume ``text``; amortised O(len(text)).
+
+    The caller has already ruled out a full match, so ``q`` stays below ``len(s)``.
+    """
+    for ch in text:
+        while q and s[q] != ch:
+            q = fail[q]
+        if s[q] == ch:
+            q += 1
+        if q == len(s):  # unreachable after a failed find, but keep the automaton well-defined
+            q = fail[q]
+    return q
 
 
 class StopChecker:

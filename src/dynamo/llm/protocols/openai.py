@@ -21,6 +21,9 @@ MAX_LOGPROBS = 5
 MAX_TOP_LOGPROBS = 20
 MAX_BEST_OF = 20
 MAX_STOP_SEQUENCES = 32
+#: longest stop string accepted: the frontend holds back up to this many characters per choice while a
+#: stop string may be forming, so an unbounded one is memory and CPU a client controls
+MAX_STOP_SEQUENCE_CHARS = 1024
 MAX_TOOLS = 1536
 MAX_FUNCTION_NAME_LEN = 96
 LOGIT_BIAS_RANGE = 100.0
@@ -179,6 +182,10 @@ class _CommonRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        for s in [v] if isinstance(v, str) else v or ():
+            if len(s) > MAX_STOP_SEQUENCE_CHARS:
+                raise ValueError(f"stop sequences must be at most {MAX_STOP_SEQUENCE_CHARS} characters, "
+                                 f"got one of {len(s)}")
         if isinstance(v, list):
             if len(v) > MAX_STOP_SEQUENCES:
                 raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(v)}")

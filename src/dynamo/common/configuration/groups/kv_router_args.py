@@ -56,6 +56,11 @@ class KvRouterArgGroup(ArgGroup):
                      "('None' disables).", arg_type=nullable_float)
         add_argument(g, "--router-queue-policy", "DYN_ROUTER_QUEUE_POLICY", "fcfs", "Order of parked requests.",
                      choices=["fcfs", "lcfs", "wspt"])
+        add_argument(g, "--router-queue-max-size", "DYN_ROUTER_QUEUE_MAX_SIZE", 1024,
+                     "Parked requests beyond this many are refused with 503.", arg_type=int)
+        add_argument(g, "--router-queue-timeout", "DYN_ROUTER_QUEUE_TIMEOUT_SECS", 60.0,
+                     "Seconds a parked request may wait for capacity before it is refused with 503.",
+                     arg_type=float, aliases=["--router-queue-timeout-secs"], dest="router_queue_timeout_secs")
         add_negatable_bool_argument(g, "--router-replica-sync", "DYN_ROUTER_REPLICA_SYNC", False,
                                     "Share active-sequence state between router replicas.")
 
@@ -78,4 +83,6 @@ def kv_router_config(ns: Any) -> Any:
         router_queue_threshold=ns.router_queue_threshold,
         router_event_threads=ns.router_event_threads,
         router_queue_policy=ns.router_queue_policy,
+        router_queue_max_size=ns.router_queue_max_size,
+        router_queue_timeout_secs=ns.router_queue_timeout_secs,
     ).validate()
