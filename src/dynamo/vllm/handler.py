@@ -29,6 +29,7 @@ class VllmHandler:
 
     def __init__(self, engine: Any, *, data_parallel_size: int = 1) -> None:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError, VLLMNotFoundError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -38,6 +39,8 @@ class VllmHandler:
         self._Structured = StructuredOutputsParams
         self._delta = RequestOutputKind.DELTA
         self._dead = EngineDeadError
+        self._client_error = VLLMClientError
+        self._not_found = VLLMNotFoundError
         self._ids = itertools.count()
         self._tag = uuid.uuid4().hex[:8]
         #: requests being served now (request id -> prompt length), for logs and tests
@@ -96,8 +99,10 @@ class VllmHandler:
                 yield item
         except self._dead as exc:
             raise errors.EngineShutdown(f"vLLM engine died: {exc}") from None
-        except (ValueError, TypeError) as exc:
-            # vLLM validates prompts and parameters when the request is added
+        except self._not_found as exc:  # e.g. an unknown LoRA adapter
+            raise errors.NotFound(str(exc)) from None
+        except (self._client_error, ValueError, TypeError) as exc:
+            # vLLM validates prompts, parameters and grammars when the request is added
             raise errors.InvalidArgument(str(exc)) from None
         finally:
             watcher.cancel()
