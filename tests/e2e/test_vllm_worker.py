@@ -60,7 +60,6 @@ class Stack:
         self.model = model
         self.workers = workers
         self.client = openai.OpenAI(base_url=dep.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-        self.aclient = openai.AsyncOpenAI(base_url=dep.url + "/v1", api_key="unused", max_retries=0, timeout=180)
 
     def instances(self) -> list[int]:
         try:
@@ -333,10 +332,12 @@ async def _streams(stack: Stack, n: int, max_tokens: int, salt: str, on_started:
     (completion tokens, finish reason)."""
     started = 0
     all_started = asyncio.Event()
+    # one client per event loop: each test runs its own asyncio.run
+    aclient = openai.AsyncOpenAI(base_url=stack.dep.url + "/v1", api_key="unused", max_retries=0, timeout=180)
 
     async def one(i: int) -> tuple[int, str]:
         nonlocal started
-        stream = await stack.aclient.completions.create(
+        stream = await aclient.completions.create(
             model=MODEL, prompt=words(20, f"{salt}{i}"), max_tokens=max_tokens, stream=True,
             stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
         seen = False
@@ -357,7 +358,10 @@ async def _streams(stack: Stack, n: int, max_tokens: int, salt: str, on_started:
         await asyncio.wait_for(all_started.wait(), 120)
         await asyncio.get_running_loop().run_in_executor(None, on_started)
 
-    results = await asyncio.gather(*(one(i) for i in range(n)), inject())
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(n)), inject())
+    finally:
+        await aclient.close()
     return list(results[:n])
 
 
