@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from dynamo.llm.protocols.model_card import RuntimeConfig as CardRuntimeConfig
 from dynamo.runtime import DistributedRuntime
 from dynamo.runtime.errors import ConfigError
 from dynamo.runtime.shutdown import install_signal_handlers
+from dynamo.vllm import plugin
 from dynamo.vllm.args import VllmConfig, kv_events_source, use_kv_events_endpoint
 from dynamo.vllm.handler import VllmHandler
 
@@ -96,6 +98,8 @@ class EngineStats:
 def start_engine(engine_args: Any, stats: EngineStats) -> Any:
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    # inherited by the engine's processes: they die with this one (dynamo/vllm/plugin.py)
+    os.environ[plugin.ENV] = "1"
     try:
         return AsyncLLM.from_engine_args(engine_args, stat_loggers=[stats.factory()])
     except (ValueError, TypeError, OSError) as exc:
