@@ -8,7 +8,7 @@ Same machine, same model (the tiny random Qwen3 unless --model is given), same e
   (b) ``python -m dynamo.frontend`` + one ``python -m dynamo.vllm`` worker;
 
 both driven by benchmarks/loadgen.py (closed-loop streaming chat, ~128-token prompts, 64 output tokens,
-ignore_eos) at each concurrency; it prints req/s, output tok/s, TTFT p50/p99 and ITL p50 per system and
+ignore_eos, temperature 0) at each concurrency; it prints req/s, output tok/s, TTFT p50/p99 and ITL p50 per system and
 the ratios (b)/(a). Then
 
   (c) a prefix-heavy workload on two dynamo.vllm workers with a KV cache too small to hold every shared
@@ -113,7 +113,9 @@ def bodies(seed: int, osl: int) -> Any:
     rng = random.Random(seed)
     while True:
         yield json.dumps({
-            "model": NAME, "max_tokens": osl, "ignore_eos": True, "stream": True,
+            # greedy for both: left unset, vllm serve would sample with the model's generation_config
+            # defaults (Qwen3: top_k 20, top_p 0.95), a costlier path than our frontend's plain defaults
+            "model": NAME, "max_tokens": osl, "ignore_eos": True, "stream": True, "temperature": 0,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": text(100, rng)}],
         }).encode()
@@ -149,10 +151,11 @@ def engine_env(core: int | None = None) -> dict[str, str]:
 
 def run_vllm_serve(model: str, procs: Procs, args: argparse.Namespace) -> list[dict[str, Any]]:
     port = free_port()
-    vllm = Path(sys.executable).with_name("vllm")
-    procs.start("vllm-serve", [str(vllm), "serve", model, "--port", str(port), "--host", "127.0.0.1",
-                               "--served-model-name", NAME, "--disable-log-requests", *ENGINE_FLAGS],
-                env=engine_env())
+    # ``vllm serve`` itself; the ``vllm`` console script looks up the distribution "vllm", which the
+    # CPU build is not named, so run its OpenAI server module directly
+    procs.start("vllm-serve", [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+                               "--port", str(port), "--host", "127.0.0.1", "--served-model-name", NAME,
+                               *ENGINE_FLAGS], env=engine_env())
     try:
         wait_ready(port, procs)
         return asyncio.run(drive(port, "vllm serve", args))
