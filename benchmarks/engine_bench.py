@@ -7,7 +7,7 @@ Same machine, same model (the tiny random Qwen3 unless --model is given), same e
   (a) ``vllm serve``: vLLM's own OpenAI server, the baseline;
   (b) ``python -m dynamo.frontend`` + one ``python -m dynamo.vllm`` worker;
 
-both driven by benchmarks/loadgen.py (closed-loop streaming chat, ~128-token prompts, 64 output tokens,
+both driven by benchmarks/loadgen.py (closed-loop streaming chat, ~128-token prompts, 32-96 output tokens (mean 64),
 ignore_eos, temperature 0) at each concurrency; it prints req/s, output tok/s, TTFT p50/p99 and ITL p50 per system and
 the ratios (b)/(a). Then
 
@@ -115,7 +115,10 @@ def bodies(seed: int, osl: int) -> Any:
         yield json.dumps({
             # greedy for both: left unset, vllm serve would sample with the model's generation_config
             # defaults (Qwen3: top_k 20, top_p 0.95), a costlier path than our frontend's plain defaults
-            "model": NAME, "max_tokens": osl, "ignore_eos": True, "stream": True, "temperature": 0,
+            # output lengths spread over osl/2..3*osl/2: equal lengths make a closed loop finish in waves,
+            # and completions counted in a window then jump by whole waves
+            "model": NAME, "max_tokens": rng.randint(osl // 2, osl * 3 // 2), "ignore_eos": True,
+            "stream": True, "temperature": 0,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": text(100, rng)}],
         }).encode()
