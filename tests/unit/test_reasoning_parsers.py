@@ -187,3 +187,18 @@ def test_unknown_parser_name_is_config_error():
         reasoning_parser_for("no_such")
     check_reasoning_parser(None)
     check_reasoning_parser("gpt_oss")
+
+
+def test_stream_delta_holds_back_then_flushes_on_the_last_step():
+    from dynamo.frontend.reasoning import message_parts, stream_delta
+
+    parser = reasoning_parser_for("qwen3")
+    assert stream_delta(parser, "<think>", role="assistant", final=False) == {"role": "assistant", "content": ""}
+    assert stream_delta(parser, "a</th", role=None, final=False) == {"reasoning_content": "a"}
+    assert stream_delta(parser, "", role=None, final=False) is None
+    # Cut here (max_tokens): the held-back "</th" goes out as reasoning with the finish chunk.
+    assert stream_delta(parser, "", role=None, final=True) == {"reasoning_content": "</th"}
+    assert stream_delta(None, "x", role=None, final=False) == {"content": "x"}
+    assert message_parts(reasoning_parser_for("qwen3"), "<think>r") == ("r", None)
+    assert message_parts(reasoning_parser_for("qwen3"), "<think>r</think>c") == ("r", "c")
+    assert message_parts(None, "<think>r</think>c") == (None, "<think>r</think>c")

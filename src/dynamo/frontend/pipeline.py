@@ -21,6 +21,11 @@ from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.kv_router.protocols import ActiveLoad
 from dynamo.llm.busy import BusyMonitor, BusyThresholds
 from dynamo.llm.model_manager import WorkerSet
+from dynamo.llm.postprocessor.parsers.reasoning import (
+    ReasoningParser,
+    check_reasoning_parser,
+    reasoning_parser_for,
+)
 from dynamo.llm.postprocessor.stop import StepResult, StopChecker
 from dynamo.llm.preprocessor.request import OpenAIPreprocessor, PreprocessResult, chat_request_chars
 from dynamo.llm.protocols import openai as oai
@@ -74,6 +79,11 @@ class ModelEngine:
         self.monitor = BusyMonitor(options.busy)
         if hasattr(router, "busy"):
             router.busy = self.monitor.busy_workers()
+        self.reasoning_parser_name = _card_reasoning_parser(ws)
+
+    def reasoning_parser(self, req: oai.ChatCompletionRequest) -> ReasoningParser | None:
+        """A fresh reasoning parser for one chat choice, or ``None`` when its output is not split."""
+        return reasoning_parser_for(self.reasoning_parser_name, req.template_kwargs)
 
     def observe_load(self, load: ActiveLoad) -> None:
         rc = self.ws.card.runtime_config
@@ -263,6 +273,18 @@ class ModelEngine:
     @staticmethod
     def completion_tokens(results: list[StepResult]) -> int:
         return sum(r.num_tokens for r in results)
+
+
+def _card_reasoning_parser(ws: WorkerSet) -> str | None:
+    """The worker card's reasoning parser name (``--dyn-reasoning-parser`` on the worker). A name this
+    frontend does not know is logged and ignored: the model still serves, unsplit."""
+    name = ws.card.runtime_config.reasoning_parser
+    try:
+        check_reasoning_parser(name)
+    except errors.ConfigError as exc:
+        logger.warning("model %s: %s; reasoning is not split", ws.model, exc)
+        return None
+    return name or None
 
 
 async def merge_streams(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from dynamo.frontend import reasoning
 from dynamo.frontend.http import errors as http_errors
 from dynamo.frontend.http.errors import HttpError
 from dynamo.frontend.metrics import FrontendMetrics
@@ -216,6 +217,8 @@ class FrontendApp:
                    for i, p in enumerate(pres)]
         merged = merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
         completion_tokens = [0] * len(pres)
+        # One reasoning parser per chat choice (None: text goes out unsplit; always so for completions).
+        parsers = [engine.reasoning_parser(req) if chat else None for _ in pres]
         cached: list[int | None] = [None] * len(pres)
         # Both modes: a client that leaves a unary request must not keep a worker generating to max_tokens.
         watch = DisconnectWatch(receive, asyncio.current_task())
@@ -255,11 +258,11 @@ class FrontendApp:
                     role = None
                     if not role_sent[i]:
                         role, role_sent[i] = "assistant", True
-                    if not res.text and fr is None and role is None:
+                    delta = reasoning.stream_delta(parsers[i], res.text, role=role, final=fr is not None)
+                    if delta is None:
                         continue
-                    chunk = oai.chat_chunk(cid, model, created, oai.chat_delta(res.text or ("" if role else None),
-                                                                                 role=role),
-                                           index=i, finish_reason=fr, stop_reason=res.stop_reason)
+                    chunk = oai.chat_chunk(cid, model, created, delta, index=i, finish_reason=fr,
+                                           stop_reason=res.stop_reason)
                 else:
                     if not res.text and fr is None:
                         continue
@@ -287,8 +290,11 @@ class FrontendApp:
                 await send({"type": "http.response.body", "body": tail + DONE, "more_body": False})
             else:
                 if chat:
-                    choices = [oai.chat_choice(i, "".join(texts[i]), finish[i][0], stop_reason=finish[i][1])
-                               for i in range(len(pres))]
+                    choices = []
+                    for i in range(len(pres)):
+                        thought, content = reasoning.message_parts(parsers[i], "".join(texts[i]))
+                        choices.append(oai.chat_choice(i, content, finish[i][0], reasoning_content=thought,
+                                                       stop_reason=finish[i][1]))
                     payload = oai.chat_completion(cid, model, created, choices, usage)
                 else:
                     choices = []

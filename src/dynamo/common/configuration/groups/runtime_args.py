@@ -13,6 +13,7 @@ from dynamo.common.configuration.utils import (
     add_negatable_bool_argument,
     existing_file,
 )
+from dynamo.llm.postprocessor.parsers.reasoning import REASONING_PARSERS
 from dynamo.runtime.errors import ConfigError
 
 STORE_KV_CHOICES = ("etcd", "file", "mem")
@@ -120,7 +121,8 @@ class RuntimeArgGroup(ArgGroup):
             "--dyn-reasoning-parser",
             "DYN_REASONING_PARSER",
             defaults.dyn_reasoning_parser,
-            "Reasoning parser the frontend applies to this model's output.",
+            "Reasoning parser the frontend applies to this model's output (splits reasoning_content).",
+            choices=sorted(REASONING_PARSERS),
         )
         add_negatable_bool_argument(
             parser,
