@@ -40,6 +40,11 @@ class ReasoningParser(Protocol):
 def _partial_suffix(buf: str, markers: tuple[str, ...]) -> int:
     """Length of the longest suffix of ``buf`` that is a proper prefix of one of ``markers``: the part
     that must be held back because the next delta may complete a marker."""
+    # Fast path, the common case: no marker's first character in the last few characters.
+    longest = max(len(m) for m in markers)
+    tail = buf[-longest:]
+    if not any(m[0] in tail for m in markers):
+        return 0
     best = 0
     for m in markers:
         for n in range(min(len(m) - 1, len(buf)), best, -1):
@@ -159,6 +164,11 @@ class HarmonyParser:
                     content.append(header)
                 continue
             # _BODY: look for the earliest end token in the new text (plus the held tail).
+            if "<" not in buf:  # fast path: plain text, no marker can start here
+                r, c = self._out(buf)
+                reasoning.append(r)
+                content.append(c)
+                break
             end_at, end_tok = -1, ""
             for tok in _H_ENDS:
                 i = buf.find(tok)
