@@ -348,12 +348,13 @@ async def test_nats_undecodable_message_is_counted_and_skipped(nats_env: NatsSer
         c = Collector(await rt.namespace(ns).component("w").subscribe("kv-events"))
         pub = await rt.namespace(ns).component("w").event_publisher("kv-events")
         subj = f"namespace.{ns}.component.w.kv-events"
+        # The valid event travels on the subscriber's own connection, so once it is received the server
+        # has the subscription: the raw connection's messages cannot race ahead of it and be dropped.
+        await pub.publish({"ok": True})
+        await eventually(lambda: c.has(pub.publisher_id, lambda x: x == {"ok": True}))
         await raw.publish(subj, b"\xc1 not msgpack")
         await raw.publish(subj, msgspec.msgpack.encode({"publisher_id": "x"}))
         await raw.flush()
-        await pub.publish({"ok": True})
-        await eventually(lambda: c.has(pub.publisher_id, lambda x: x == {"ok": True}))
-        # NATS orders messages per connection only: the raw ones may land after the valid one.
         await eventually(lambda: c.sub.invalid == 2)
         assert c.sub.received == 1
         await c.stop()
