@@ -71,7 +71,7 @@ def test_health_and_metadata(deployment):
 
 
 def test_model_infer_returns_text(deployment):
-    dep, client, metrics_port = deployment
+    _, client, metrics_port = deployment
     result = client.infer(MODEL, [_text(), _scalar("max_tokens", 6, "INT32", np.int32)], request_id="u1")
     text = result.as_numpy("text_output")
     assert text.shape == (1,) and isinstance(text[0], bytes) and text[0]
