@@ -241,7 +241,10 @@ async def start_grpc_server(manager: ModelManager, metrics: FrontendMetrics, hos
     """Start the KServe server on the running loop; returns the server and the port it is bound to."""
     server = grpc.aio.server()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(manager, metrics), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # newer grpcio raises where older ones returned 0
+        bound = 0
     if bound == 0:
         raise errors.ConfigError(f"cannot bind the KServe gRPC server to {host}:{port}")
     await server.start()
