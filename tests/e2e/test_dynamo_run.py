@@ -331,6 +331,35 @@ def test_out_dyn_and_static_endpoint_find_a_separate_mocker(tmp_path: Path) -> N
         dep.close()
 
 
+def test_in_grpc_serves_kserve_with_the_in_process_engine(tmp_path: Path) -> None:
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (dev extra) not installed")
+    import numpy as np
+
+    port, metrics_port = free_port(), free_port()
+    log = tmp_path / "run.log"
+    with server("in=grpc", "out=mocker", str(QWEN), "--extra-engine-args", FAST, "--http-host", "127.0.0.1",
+                "--grpc-port", str(port), "--grpc-metrics-port", str(metrics_port), env=run_env(tmp_path),
+                log=log) as proc:
+        client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{port}")
+
+        def ready() -> bool:
+            assert proc.poll() is None, log.read_text()
+            try:
+                return client.is_model_ready(MODEL)
+            except Exception:
+                return False
+
+        wait_for(ready, 30, what="the model to be ready over gRPC")
+        text = grpcclient.InferInput("text_input", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"Hello"], dtype=object))
+        result = client.infer(MODEL, [text], parameters={"max_tokens": 5})
+        assert result.as_numpy("text_output")[0] and result.as_numpy("finish_reason")[0] == b"length"
+        assert "kserve_infer" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, log.read_text()
+
+
 # -- wrong input: one clear line, exit code 2 -------------------------------------------------------
 
 
@@ -345,6 +374,7 @@ def test_out_dyn_and_static_endpoint_find_a_separate_mocker(tmp_path: Path) -> N
     (["in=dyn://dynamo.backend", "out=mocker", str(QWEN)], "expected dyn://NAMESPACE.COMPONENT.ENDPOINT"),
     (["in=dyn://dynamo.backend.generate", "out=dyn"], "use out=mocker or out=echo"),
     (["out=mocker", "/no/such/model"], "neither a local directory nor a Hugging Face repo id"),
+    (["in=grpc", "out=echo", str(QWEN), "--grpc-port", "70000"], "--grpc-port must be in [0, 65535]"),
 ])
 def test_wrong_input_exits_2_with_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
     res = dynamo_run(*args, env=run_env(tmp_path), stdin="")

@@ -3,7 +3,8 @@
     python -m dynamo.frontend --http-port 8000 [--router-mode round-robin|random|power-of-two|least-loaded|kv]
 
 Finds models registered by workers through the discovery store (``--store-kv``), serves
-``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``, ``/live`` and ``/metrics``.
+``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``, ``/live`` and ``/metrics``;
+with ``--kserve-grpc-server`` also the KServe v2 gRPC protocol on ``--grpc-port`` (same process and loop).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dynamo.common import cli
 from dynamo.common.configuration import dump_config
 from dynamo.frontend.args import parse_config
-from dynamo.frontend.service import build_frontend, serve_http
+from dynamo.frontend.service import build_frontend, serve_grpc, serve_http
 from dynamo.runtime import DistributedRuntime
 
 
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         runtime = await DistributedRuntime.from_settings(config)
         frontend = await build_frontend(config, runtime)
         try:
-            await serve_http(config, frontend)
+            async with serve_grpc(config, frontend):
+                await serve_http(config, frontend)
         finally:
             await frontend.close()
             await runtime.shutdown(grace_period=0)

@@ -44,6 +44,9 @@ class FrontendConfig(RuntimeConfig):
     kv_router: Any = None
     admin_token: str | None = None
     enable_direct_routing_header: bool = False
+    kserve_grpc_server: bool = False
+    grpc_port: int = 8001
+    grpc_metrics_port: int = 8788
     verbose: int = 0
 
     @property
@@ -64,6 +67,13 @@ class FrontendConfig(RuntimeConfig):
             raise ConfigError(f"--http-port must be in [0, 65535], got {self.http_port}")
         if self.stream_stall_timeout is not None and self.stream_stall_timeout <= 0:
             raise ConfigError("--stream-stall-timeout must be positive")
+        if self.kserve_grpc_server:
+            for flag, port in (("--grpc-port", self.grpc_port), ("--grpc-metrics-port", self.grpc_metrics_port)):
+                if not 0 <= port <= 65535:
+                    raise ConfigError(f"{flag} must be in [0, 65535], got {port}")
+            from dynamo.frontend.grpc import require_kserve
+
+            require_kserve()
 
 
 class FrontendArgGroup(ArgGroup):
@@ -102,6 +112,17 @@ class FrontendArgGroup(ArgGroup):
         add_negatable_bool_argument(parser, "--enable-direct-routing-header", "DYN_ENABLE_DIRECT_ROUTING_HEADER",
                                     False, "Honour the x-worker-instance-id header outside --router-mode direct "
                                     "(otherwise such requests get 403).")
+        # KServe v2 gRPC beside the HTTP API (the reference replaces HTTP with it; we keep both, so the
+        # gRPC server gets its own port, Triton's default gRPC port next to our HTTP 8000).
+        add_negatable_bool_argument(parser, "--kserve-grpc-server", "DYN_KSERVE_GRPC_SERVER", False,
+                                    "Also serve the KServe v2 gRPC inference protocol (Triton clients); "
+                                    "needs the 'grpc' extra.")
+        add_argument(parser, "--grpc-port", "DYN_GRPC_PORT", 8001,
+                     "Port of the KServe gRPC server (with --kserve-grpc-server; host is --http-host).",
+                     arg_type=int)
+        add_argument(parser, "--grpc-metrics-port", "DYN_GRPC_METRICS_PORT", 8788,
+                     "Port serving GET /metrics beside the gRPC server (with --kserve-grpc-server; 0 = off).",
+                     arg_type=int)
         parser.add_argument("-i", "--interactive", action="store_true",
                             help="Chat with the first model in the terminal instead of serving HTTP.")
         parser.add_argument("-v", "--verbose", action="count", default=0,

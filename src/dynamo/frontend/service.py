@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -105,3 +106,26 @@ async def serve_http(config: FrontendConfig, frontend: Frontend) -> None:
         await server.serve()
     finally:
         announcer.cancel()
+
+
+@contextlib.asynccontextmanager
+async def serve_grpc(config: FrontendConfig, frontend: Frontend) -> AsyncIterator[None]:
+    """Run the KServe gRPC server (and its metrics port) for the duration of the block, when enabled."""
+    if not config.kserve_grpc_server:
+        yield
+        return
+    from dynamo.frontend.grpc.metrics_server import start_metrics_server
+    from dynamo.frontend.grpc.service import start_grpc_server
+
+    server, port = await start_grpc_server(frontend.manager, frontend.metrics, config.http_host, config.grpc_port)
+    metrics_server = None
+    try:
+        if config.grpc_metrics_port:
+            metrics_server = await start_metrics_server(frontend.metrics, config.http_host, config.grpc_metrics_port)
+        logger.info("KServe gRPC listening on %s:%d", config.http_host, port)
+        yield
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+        # In-flight calls get the same grace as HTTP requests.
+        await server.stop(float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5")))

@@ -19,7 +19,7 @@ from dynamo.common.configuration import add_argument, add_negatable_bool_argumen
 from dynamo.common.configuration.groups import RuntimeArgGroup, RuntimeConfig
 from dynamo.runtime.errors import ConfigError
 
-INPUTS = "text, stdin, http, batch:FILE.jsonl, dyn://NAMESPACE.COMPONENT.ENDPOINT"
+INPUTS = "text, stdin, http, grpc, batch:FILE.jsonl, dyn://NAMESPACE.COMPONENT.ENDPOINT"
 ENGINES = "echo, mocker, auto (= dyn), dyn://NAMESPACE.COMPONENT.ENDPOINT"
 ROUTER_MODES = ("round-robin", "random", "kv")
 
@@ -32,6 +32,8 @@ Run a model end to end in one command: an input (where requests come from) conne
               stdin  one prompt read from standard input, the answer printed on standard output
               http   OpenAI-compatible server on --http-port (/v1/chat/completions, /v1/completions,
                      /v1/models, /health, /metrics)
+              grpc   KServe v2 gRPC server (Triton clients; text_input -> text_output) on --grpc-port,
+                     Prometheus /metrics on --grpc-metrics-port; needs the 'grpc' extra
               batch:FILE.jsonl  one chat request per line {{"text": "..."}}; writes output.jsonl next to
                      FILE with response, tokens_in, tokens_out and elapsed_ms per line
               dyn://ns.comp.ep  serve the engine as a worker on that endpoint, registered for discovery
@@ -81,6 +83,8 @@ class RunConfig(RuntimeConfig):
     kv_cache_block_size: int = 16
     http_host: str = "0.0.0.0"
     http_port: int = 8000
+    grpc_port: int = 8001
+    grpc_metrics_port: int = 8788
     tls_cert_path: str | None = None
     tls_key_path: str | None = None
     router_mode: str = "round-robin"
@@ -130,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_argument(h, "--http-port", "DYN_HTTP_PORT", 8000, "HTTP port.", arg_type=int)
     add_argument(h, "--tls-cert-path", "DYN_TLS_CERT_PATH", None, "TLS certificate (PEM); needs --tls-key-path.")
     add_argument(h, "--tls-key-path", "DYN_TLS_KEY_PATH", None, "TLS private key (PEM); needs --tls-cert-path.")
+    g = p.add_argument_group("grpc (in=grpc; binds --http-host)")
+    add_argument(g, "--grpc-port", "DYN_GRPC_PORT", 8001, "KServe gRPC port.", arg_type=int)
+    add_argument(g, "--grpc-metrics-port", "DYN_GRPC_METRICS_PORT", 8788,
+                 "Port serving GET /metrics beside the gRPC server (0 = off).", arg_type=int)
     r = p.add_argument_group("routing (out=dyn, out=dyn://...)")
     add_argument(r, "--router-mode", "DYN_ROUTER_MODE", "round-robin",
                  "How requests are spread over a model's workers.", choices=list(ROUTER_MODES))
@@ -195,7 +203,7 @@ def _endpoint_spec(word: str, spec: str) -> str:
 
 def resolve_io(config: RunConfig) -> None:
     spec = config.in_spec
-    if spec in ("text", "stdin", "http"):
+    if spec in ("text", "stdin", "http", "grpc"):
         config.in_kind = spec
     elif spec.startswith("batch:"):
         config.in_kind = "batch"
@@ -206,8 +214,7 @@ def resolve_io(config: RunConfig) -> None:
         config.in_kind = "dyn"
         config.in_endpoint = _endpoint_spec("in", spec)
     else:
-        hint = " (gRPC is not available in this implementation)" if spec == "grpc" else ""
-        raise ConfigError(f"unknown input in={spec}{hint}; expected one of: {INPUTS}")
+        raise ConfigError(f"unknown input in={spec}; expected one of: {INPUTS}")
     spec = config.out_spec
     if spec in ("echo", "echo_core", "echo_full"):
         config.out_kind = "echo"
@@ -245,6 +252,13 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"--migration-limit must be in [0, 1023], got {config.migration_limit}")
     if not 0 <= config.http_port <= 65535:
         raise ConfigError(f"--http-port must be in [0, 65535], got {config.http_port}")
+    for flag, port in (("--grpc-port", config.grpc_port), ("--grpc-metrics-port", config.grpc_metrics_port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{flag} must be in [0, 65535], got {port}")
+    if config.in_kind == "grpc":
+        from dynamo.frontend.grpc import require_kserve
+
+        require_kserve()
     if config.kv_cache_block_size < 1:
         raise ConfigError(f"--kv-cache-block-size must be positive, got {config.kv_cache_block_size}")
     if config.context_length is not None and config.context_length < 1:
@@ -308,6 +322,9 @@ async def _run(config: RunConfig) -> int:
                 engines = await eng.discovered_engines(config, runtime)
         if config.in_kind == "http":
             await inputs.run_http(config, engines)
+            return 0
+        if config.in_kind == "grpc":
+            await inputs.run_grpc(config, engines)
             return 0
         if config.in_kind == "text":
             return await inputs.run_text(config, engines)

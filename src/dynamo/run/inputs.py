@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import signal
 import sys
@@ -175,6 +176,31 @@ async def run_http(config: RunConfig, engines: Engines) -> None:
     if config.request_template:
         app = RequestTemplateMiddleware(app, config.request_template)
     await serve_http(frontend_config(config), cast(Frontend, _HttpService(app, engines.manager)))
+
+
+async def run_grpc(config: RunConfig, engines: Engines) -> None:
+    """in=grpc: the KServe v2 gRPC server (and its metrics port) until SIGINT/SIGTERM."""
+    from dynamo.frontend.grpc.metrics_server import start_metrics_server
+    from dynamo.frontend.grpc.service import start_grpc_server
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server, port = await start_grpc_server(engines.manager, engines.metrics, config.http_host, config.grpc_port)
+    metrics_server = None
+    try:
+        if config.grpc_metrics_port:
+            metrics_server = await start_metrics_server(engines.metrics, config.http_host, config.grpc_metrics_port)
+        logger.info("KServe gRPC listening on %s:%d (models: %s)", config.http_host, port,
+                       ", ".join(engines.manager.model_names()) or "none yet; waiting for workers")
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if metrics_server is not None:
+            metrics_server.close()
+        await server.stop(float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5")))
 
 
 # -- one chat turn ---------------------------------------------------------------------------------

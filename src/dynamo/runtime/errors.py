@@ -1,7 +1,8 @@
 """The error hierarchy shared by every component.
 
 Errors cross process boundaries as ``{"type": <class name>, "message": str}`` (see ``to_wire`` /
-``from_wire``); HTTP status codes are assigned in exactly one place, ``http_status``.
+``from_wire``); HTTP status codes are assigned in exactly one place, ``http_status``, and gRPC status
+codes (the KServe frontend) in ``grpc_status``.
 """
 
 from __future__ import annotations
@@ -129,3 +130,26 @@ def http_status(error: BaseException) -> int:
             if cls in _HTTP_STATUS:
                 return _HTTP_STATUS[cls]
     return 500
+
+
+# gRPC canonical status names (``grpc.StatusCode[name]``): kept as strings so that the runtime does not
+# import grpc, which only the KServe frontend needs.
+_GRPC_STATUS: dict[type[DynamoError], str] = {
+    InvalidArgument: "INVALID_ARGUMENT",
+    NotFound: "NOT_FOUND",
+    Cancelled: "CANCELLED",
+    Unsupported: "UNIMPLEMENTED",
+    Unavailable: "UNAVAILABLE",
+    ResourceExhausted: "RESOURCE_EXHAUSTED",
+    CannotConnect: "UNAVAILABLE",
+    EngineShutdown: "UNAVAILABLE",
+}
+
+
+def grpc_status(error: BaseException) -> str:
+    """The gRPC status code name for an error: the single place where that mapping lives."""
+    if isinstance(error, DynamoError):
+        for cls in type(error).__mro__:
+            if cls in _GRPC_STATUS:
+                return _GRPC_STATUS[cls]
+    return "INTERNAL"
