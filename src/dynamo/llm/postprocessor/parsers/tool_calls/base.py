@@ -1,0 +1,188 @@
+"""Streaming machinery shared by the tool-call parsers.
+
+A parser sees the model's text one delta at a time. Text outside a call is released as content as soon
+as it cannot be the beginning of a call marker; text inside a call is held until the call's end marker
+(or the end of the output, for formats without one) and then parsed. A block that fails to parse is
+released as content: a malformed call is the model's text, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: str  # a JSON text, as OpenAI sends it
+    id: str = field(default_factory=new_call_id)
+
+    def to_openai(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass
+class ParseDelta:
+    """What one ``feed``/``finish`` step produced: content to emit now and calls completed now."""
+    content: str = ""
+    calls: list[ToolCall] = field(default_factory=list)
+
+
+def arguments_text(args: Any) -> str | None:
+    """The JSON text of a call's arguments, or None if they are not an object (then it is no call)."""
+    if isinstance(args, str):
+        # Some models put the arguments in as a JSON string.
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return None
+    return json.dumps(args, ensure_ascii=False, separators=(",", ":"))
+
+
+def call_from_object(obj: Any, args_keys: tuple[str, ...] = ("arguments", "parameters")) -> ToolCall | None:
+    """``{"name": ..., "arguments"|"parameters": {...}}`` as a call, or None if it is not that shape."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
+        return None
+    args: Any = None
+    for key in args_keys:
+        if key in obj:
+            args = obj[key]
+            break
+    text = arguments_text(args)
+    return None if text is None else ToolCall(obj["name"], text)
+
+
+def held_prefix(text: str, markers: Iterable[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``markers``: that much
+    must be held back, since the next delta may complete the marker."""
+    best = 0
+    for m in markers:
+        for n in range(min(len(m) - 1, len(text)), best, -1):
+            if text.endswith(m[:n]):
+                best = n
+                break
+    return best
+
+
+#: parses one block (start marker through end marker) into calls; None means "not a call: content"
+BlockParser = Callable[[str], "list[ToolCall] | None"]
+
+
+class ToolCallParser:
+    """Streaming tool-call parser for one format.
+
+    ``start``: the markers that open a call block; ``end``: the markers that close it (empty: the block
+    runs to the end of the output). ``at_start``: markers that open a block only as the first
+    non-blank text of the output (a bare JSON object or Python list). ``parse_block`` gets the block's
+    text from its start marker through its end marker.
+    """
+
+    def __init__(self, start: tuple[str, ...], end: tuple[str, ...], parse_block: BlockParser,
+                 at_start: tuple[str, ...] = (), tool_names: set[str] | None = None) -> None:
+        self.start = start
+        self.end = end
+        self.at_start = at_start
+        self._parse_block = parse_block
+        self.tool_names = tool_names
+        self._buf = ""
+        self._in_call = False
+        self._seen_text = False  # any non-blank text released or held yet
+        self.calls: list[ToolCall] = []
+
+    # -- public interface -----------------------------------------------------------------------------
+
+    def feed(self, text: str) -> ParseDelta:
+        self._buf += text
+        return self._drain(final=False)
+
+    def finish(self) -> ParseDelta:
+        return self._drain(final=True)
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _accept(self, block: str) -> list[ToolCall] | None:
+        try:
+            calls = self._parse_block(block)
+        except (ValueError, TypeError, KeyError, SyntaxError, RecursionError, MemoryError):
+            calls = None
+        if not calls:
+            return None
+        if self.tool_names is not None and any(c.name not in self.tool_names for c in calls):
+            # A call to a function the request did not offer only looks like a call.
+            return None
+        return calls
+
+    def _drain(self, final: bool) -> ParseDelta:
+        out = ParseDelta()
+        content: list[str] = []
+        while self._buf:
+            if not self._in_call:
+                if not self._seen_text and self.at_start:
+                    stripped = self._buf.lstrip()
+                    if not stripped:
+                        if final:
+                            content.append(self._buf)
+                            self._buf = ""
+                        break
+                    if any(stripped.startswith(m) for m in self.at_start):
+                        self._seen_text = True
+                        self._in_call = True
+                        continue
+                    if not final and any(m.startswith(stripped) for m in self.at_start):
+                        break  # could still become a marker
+                self._seen_text = True
+                pos, marker = self._find(self._buf, self.start)
+                if marker is None:
+                    keep = 0 if final else held_prefix(self._buf, self.start)
+                    content.append(self._buf[: len(self._buf) - keep])
+                    self._buf = self._buf[len(self._buf) - keep:]
+                    break
+                content.append(self._buf[:pos])
+                self._buf = self._buf[pos:]
+                self._in_call = True
+            else:
+                block_end = self._block_end(self._buf)
+                if block_end is None:
+                    if not final:
+                        break
+                    block_end = len(self._buf)
+                block, self._buf = self._buf[:block_end], self._buf[block_end:]
+                self._in_call = False
+                calls = self._accept(block)
+                if calls is None:
+                    content.append(block)
+                else:
+                    out.calls.extend(calls)
+                    self.calls.extend(calls)
+        out.content = "".join(content)
+        return out
+
+    def _block_end(self, buf: str) -> int | None:
+        if not self.end:
+            return None
+        # Search after the start marker, so a start marker that is a prefix of an end marker (or the same
+        # text) does not close the block at once.
+        skip = next((len(m) for m in self.start if buf.startswith(m)), 0)
+        pos, marker = self._find(buf, self.end, skip)
+        return None if marker is None else pos + len(marker)
+
+    @staticmethod
+    def _find(text: str, markers: tuple[str, ...], offset: int = 0) -> tuple[int, str | None]:
+        best, found = -1, None
+        for m in markers:
+            i = text.find(m, offset)
+            if i >= 0 and (best < 0 or i < best):
+                best, found = i, m
+        return best, found
