@@ -71,6 +71,14 @@ BAD_CHAT: list[tuple[dict[str, Any], str, str]] = [
     (chat(stream=False, stream_options={"include_usage": True}), "stream_options", "stream is true"),
     (chat(tool_choice="sometimes"), "tool_choice", "'none', 'auto' or 'required'"),
     (chat(tools=[{"type": "function", "function": {"name": "x" * 97}}]), "tools[0].function.name", "at most 96"),
+    (chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "banana"}}}]),
+     "tools[0].function.parameters", "not a valid JSON schema"),
+    (chat(tools=[{"type": "function", "function": {"name": "f", "parameters": []}}]),
+     "tools[0].function.parameters", "valid dictionary"),
+    (chat(tools=[{"type": "function", "function": {"name": "f"}}],
+          tool_choice={"type": "function", "function": {"name": "g"}}), "tool_choice", "'g'"),
+    (chat(tool_choice="required"), "tool_choice", "requires tools"),
+    (chat(tool_choice={"type": "function", "function": {"name": "g"}}), "tool_choice", "requires tools"),
     (chat(min_tokens=10, max_tokens=5), "min_tokens", "must not exceed max_tokens"),
     (chat(min_tokens=-1), "min_tokens", "greater than or equal to 0"),
     (chat(best_of=21), "best_of", "less than or equal to 20"),
@@ -157,7 +165,9 @@ def test_completion_prompt_shapes() -> None:
 
 def test_tool_choice_variants() -> None:
     assert ChatCompletionRequest.model_validate(chat(tool_choice="none")).tool_choice_name == "none"
-    named = ChatCompletionRequest.model_validate(chat(tool_choice={"type": "function", "function": {"name": "f"}}))
+    # A named choice must name one of the offered tools (OpenAI answers 400 otherwise).
+    named = ChatCompletionRequest.model_validate(chat(tool_choice={"type": "function", "function": {"name": "f"}},
+                                                      tools=[{"type": "function", "function": {"name": "f"}}]))
     assert named.tool_choice_name == "function"
 
 

@@ -254,6 +254,7 @@ class ChatCompletionRequest(_CommonRequest):
     def _chat_cross_field(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise _ParamError("top_logprobs", "top_logprobs requires logprobs to be true")
+        _check_tools(self.tools, self.tool_choice)
         return self
 
     @property
@@ -274,6 +275,31 @@ class ChatCompletionRequest(_CommonRequest):
         if tc is None or isinstance(tc, str):
             return tc
         return "function"
+
+
+def _check_tools(tools: list[Tool] | None, tool_choice: str | NamedToolChoice | None) -> None:
+    """Each tool's ``parameters`` must be a JSON schema, and a tool choice other than none/auto must name
+    an offered tool (OpenAI answers both with a 400)."""
+    for i, tool in enumerate(tools or []):
+        params = tool.function.parameters
+        if params is None:
+            continue
+        # Imported here: only requests with tools pay for it.
+        from jsonschema import SchemaError, validators
+
+        try:
+            validators.validator_for(params).check_schema(params)
+        except SchemaError as exc:
+            raise _ParamError(f"tools[{i}].function.parameters",
+                              f"tools[{i}].function.parameters is not a valid JSON schema: {exc.message}") from None
+    if tool_choice is None or tool_choice in ("none", "auto"):
+        return
+    if not tools:
+        raise _ParamError("tool_choice", "tool_choice other than 'none' or 'auto' requires tools")
+    if isinstance(tool_choice, NamedToolChoice):
+        name = tool_choice.function.name
+        if all(t.function.name != name for t in tools):
+            raise _ParamError("tool_choice", f"tool_choice names function {name!r}, which is not in tools")
 
 
 Prompt = str | list[str] | list[int] | list[list[int]]
