@@ -183,3 +183,21 @@ def test_recorded_engine_streams(recording: str, parser: str) -> None:
     expected = rec["expected_output"]["tool_calls"]
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [
         (e["function"]["name"], json.loads(e["function"]["arguments"])) for e in expected]
+
+
+@pytest.mark.parametrize("name", ["hermes", "deepseek_v3", "harmony", "qwen3_coder"])
+def test_long_call_streamed_in_small_deltas_is_linear(name: str) -> None:
+    """The parser sits on the per-token path: a long call fed a few characters at a time must not rescan
+    its whole buffer on every delta (quadratic: over 20 s for this one)."""
+    import time
+
+    text = {"hermes": '<tool_call>{"name": "f", "arguments": {"x": "%s"}}</tool_call>',
+            "deepseek_v3": '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{"x": "%s"}<｜tool▁call▁end｜>'
+                           "<｜tool▁calls▁end｜>",
+            "harmony": '<|channel|>commentary to=functions.f <|constrain|>json<|message|>{"x": "%s"}<|call|>',
+            "qwen3_coder": "<tool_call>\n<function=f>\n<parameter=x>\n%s\n</parameter>\n</function>\n</tool_call>",
+            }[name] % ("y" * 400_000)
+    t0 = time.perf_counter()
+    _, calls = _stream(name, [text[i:i + 4] for i in range(0, len(text), 4)])
+    assert [c.name for c in calls] == ["f"]
+    assert time.perf_counter() - t0 < 4.0

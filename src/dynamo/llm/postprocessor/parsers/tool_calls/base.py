@@ -96,21 +96,113 @@ class ToolCallParser:
         self.at_start = at_start
         self._parse_block = parse_block
         self.tool_names = tool_names
-        self._buf = ""
-        self._in_call = False
+        self._max_end = max((len(m) for m in end), default=0)
+        self._pending = ""  # content-state text not yet released (at most a marker prefix)
         self._seen_text = False  # any non-blank text released or held yet
         self.calls: list[ToolCall] = []
+        # The open call block is kept as parts and searched for its end marker only in the new text plus
+        # the few characters before it, so a long call costs linear time however finely it is streamed.
+        self._in_call = False
+        self._parts: list[str] = []
+        self._total = 0
+        self._skip = 0  # length of the block's start marker: no end marker is searched inside it
+        self._tail = ""
+        self._tail_start = 0
 
     # -- public interface -----------------------------------------------------------------------------
 
     def feed(self, text: str) -> ParseDelta:
-        self._buf += text
-        return self._drain(final=False)
+        return self._step(text, final=False)
 
     def finish(self) -> ParseDelta:
-        return self._drain(final=True)
+        return self._step("", final=True)
 
     # -- internals ------------------------------------------------------------------------------------
+
+    def _step(self, text: str, final: bool) -> ParseDelta:
+        out = ParseDelta()
+        content: list[str] = []
+        while True:
+            if self._in_call:
+                rest = self._call_push(text, final, content, out)
+                if rest is None:
+                    break
+                text = rest
+                continue
+            self._pending += text
+            text = ""
+            initial = self._content_step(content, final)
+            if initial is None:
+                break
+            text = initial
+        out.content = "".join(content)
+        return out
+
+    def _content_step(self, content: list[str], final: bool) -> str | None:
+        """Release what content can be released; on a start marker, open a call block and return its text
+        so far (None: still in content)."""
+        buf = self._pending
+        if not buf:
+            return None
+        if not self._seen_text and self.at_start:
+            stripped = buf.lstrip()
+            if not stripped:
+                if final:
+                    content.append(buf)
+                    self._pending = ""
+                return None
+            if any(stripped.startswith(m) for m in self.at_start):
+                self._seen_text = True
+                return self._open(buf, 0)
+            if not final and any(m.startswith(stripped) for m in self.at_start):
+                return None  # could still become a marker
+        self._seen_text = True
+        pos, marker = self._find(buf, self.start)
+        if marker is None:
+            keep = 0 if final else held_prefix(buf, self.start)
+            content.append(buf[: len(buf) - keep])
+            self._pending = buf[len(buf) - keep:]
+            return None
+        content.append(buf[:pos])
+        return self._open(buf[pos:], len(marker))
+
+    def _open(self, initial: str, skip: int) -> str:
+        self._pending = ""
+        self._in_call = True
+        self._parts, self._total, self._skip = [], 0, skip
+        self._tail, self._tail_start = "", 0
+        return initial
+
+    def _call_push(self, text: str, final: bool, content: list[str], out: ParseDelta) -> str | None:
+        """Add ``text`` to the open block; when the block closes, parse it and return the text after it
+        (None: the block is still open)."""
+        if text:
+            self._parts.append(text)
+            self._total += len(text)
+        if self.end:
+            window, base = self._tail + text, self._tail_start
+            pos, marker = self._find(window, self.end, max(0, self._skip - base))
+            if marker is not None:
+                end = base + pos + len(marker)
+                whole = "".join(self._parts)
+                self._close(whole[:end], content, out)
+                return whole[end:]
+            start = min(max(self._skip, self._total - self._max_end + 1), self._total)
+            self._tail, self._tail_start = window[start - base:], start
+        if final:
+            self._close("".join(self._parts), content, out)
+            return ""
+        return None
+
+    def _close(self, block: str, content: list[str], out: ParseDelta) -> None:
+        self._in_call = False
+        self._parts, self._total, self._tail = [], 0, ""
+        calls = self._accept(block)
+        if calls is None:
+            content.append(block)
+        else:
+            out.calls.extend(calls)
+            self.calls.extend(calls)
 
     def _accept(self, block: str) -> list[ToolCall] | None:
         try:
@@ -123,60 +215,6 @@ class ToolCallParser:
             # A call to a function the request did not offer only looks like a call.
             return None
         return calls
-
-    def _drain(self, final: bool) -> ParseDelta:
-        out = ParseDelta()
-        content: list[str] = []
-        while self._buf:
-            if not self._in_call:
-                if not self._seen_text and self.at_start:
-                    stripped = self._buf.lstrip()
-                    if not stripped:
-                        if final:
-                            content.append(self._buf)
-                            self._buf = ""
-                        break
-                    if any(stripped.startswith(m) for m in self.at_start):
-                        self._seen_text = True
-                        self._in_call = True
-                        continue
-                    if not final and any(m.startswith(stripped) for m in self.at_start):
-                        break  # could still become a marker
-                self._seen_text = True
-                pos, marker = self._find(self._buf, self.start)
-                if marker is None:
-                    keep = 0 if final else held_prefix(self._buf, self.start)
-                    content.append(self._buf[: len(self._buf) - keep])
-                    self._buf = self._buf[len(self._buf) - keep:]
-                    break
-                content.append(self._buf[:pos])
-                self._buf = self._buf[pos:]
-                self._in_call = True
-            else:
-                block_end = self._block_end(self._buf)
-                if block_end is None:
-                    if not final:
-                        break
-                    block_end = len(self._buf)
-                block, self._buf = self._buf[:block_end], self._buf[block_end:]
-                self._in_call = False
-                calls = self._accept(block)
-                if calls is None:
-                    content.append(block)
-                else:
-                    out.calls.extend(calls)
-                    self.calls.extend(calls)
-        out.content = "".join(content)
-        return out
-
-    def _block_end(self, buf: str) -> int | None:
-        if not self.end:
-            return None
-        # Search after the start marker, so a start marker that is a prefix of an end marker (or the same
-        # text) does not close the block at once.
-        skip = next((len(m) for m in self.start if buf.startswith(m)), 0)
-        pos, marker = self._find(buf, self.end, skip)
-        return None if marker is None else pos + len(marker)
 
     @staticmethod
     def _find(text: str, markers: tuple[str, ...], offset: int = 0) -> tuple[int, str | None]:
