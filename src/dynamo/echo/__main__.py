@@ -15,6 +15,7 @@ from dynamo.common.configuration import add_argument
 from dynamo.common.configuration.groups import RuntimeArgGroup, RuntimeConfig
 from dynamo.llm.model_registration import build_card, register_llm
 from dynamo.llm.protocols.engine import LLMEngineOutput, PreprocessedRequest
+from dynamo.llm.protocols.model_card import RuntimeConfig as CardRuntimeConfig
 from dynamo.runtime import DistributedRuntime, RequestContext
 from dynamo.runtime.shutdown import install_signal_handlers
 
@@ -67,7 +68,9 @@ class EchoEngine:
 
 async def serve(config: EchoConfig, runtime: DistributedRuntime) -> None:
     card = build_card(config.model_path, config.model_name, context_length=config.context_length,
-                      kv_cache_block_size=config.kv_cache_block_size)
+                      kv_cache_block_size=config.kv_cache_block_size,
+                      runtime_config=CardRuntimeConfig(tool_call_parser=config.dyn_tool_call_parser,
+                                                       reasoning_parser=config.dyn_reasoning_parser))
     endpoint = runtime.endpoint(config.endpoint or f"dyn://{config.namespace}.backend.generate")
     engine = EchoEngine(config.delay_ms / 1000.0)
     await endpoint.start_serving(engine.generate, request_type=PreprocessedRequest)

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from dynamo.frontend.metrics import FrontendMetrics
+from dynamo.frontend.tool_call_output import ChoiceToolCalls, check_tool_call_parser, tool_calls_for
 from dynamo.kv_router.protocols import ActiveLoad
 from dynamo.llm.busy import BusyMonitor, BusyThresholds
 from dynamo.llm.model_manager import WorkerSet
@@ -80,10 +81,15 @@ class ModelEngine:
         if hasattr(router, "busy"):
             router.busy = self.monitor.busy_workers()
         self.reasoning_parser_name = _card_reasoning_parser(ws)
+        self.tool_call_parser_name = _card_tool_call_parser(ws)
 
     def reasoning_parser(self, req: oai.ChatCompletionRequest) -> ReasoningParser | None:
         """A fresh reasoning parser for one chat choice, or ``None`` when its output is not split."""
         return reasoning_parser_for(self.reasoning_parser_name, req.template_kwargs)
+
+    def tool_calls(self, req: oai.ChatCompletionRequest) -> ChoiceToolCalls | None:
+        """Fresh tool-call state for one chat choice, or ``None`` when its content is left as it is."""
+        return tool_calls_for(self.tool_call_parser_name, req)
 
     def observe_load(self, load: ActiveLoad) -> None:
         rc = self.ws.card.runtime_config
@@ -283,6 +289,18 @@ def _card_reasoning_parser(ws: WorkerSet) -> str | None:
         check_reasoning_parser(name)
     except errors.ConfigError as exc:
         logger.warning("model %s: %s; reasoning is not split", ws.model, exc)
+        return None
+    return name or None
+
+
+def _card_tool_call_parser(ws: WorkerSet) -> str | None:
+    """The worker card's tool-call parser name (``--dyn-tool-call-parser`` on the worker); an unknown
+    one is logged and ignored: tool calls then stay content."""
+    name = ws.card.runtime_config.tool_call_parser
+    try:
+        check_tool_call_parser(name)
+    except errors.ConfigError as exc:
+        logger.warning("model %s: %s; tool calls are not parsed", ws.model, exc)
         return None
     return name or None
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from dynamo.frontend import reasoning
+from dynamo.frontend import reasoning, tool_call_output
 from dynamo.frontend.http import errors as http_errors
 from dynamo.frontend.http.errors import HttpError
 from dynamo.frontend.metrics import FrontendMetrics
@@ -219,6 +219,8 @@ class FrontendApp:
         completion_tokens = [0] * len(pres)
         # One reasoning parser per chat choice (None: text goes out unsplit; always so for completions).
         parsers = [engine.reasoning_parser(req) if chat else None for _ in pres]
+        # Then one tool-call parser per chat choice, on the content the reasoning split leaves.
+        tool_calls = [engine.tool_calls(req) if chat else None for _ in pres]
         cached: list[int | None] = [None] * len(pres)
         # Both modes: a client that leaves a unary request must not keep a worker generating to max_tokens.
         watch = DisconnectWatch(receive, asyncio.current_task())
@@ -259,6 +261,7 @@ class FrontendApp:
                     if not role_sent[i]:
                         role, role_sent[i] = "assistant", True
                     delta = reasoning.stream_delta(parsers[i], res.text, role=role, final=fr is not None)
+                    delta, fr = tool_call_output.stream_delta(tool_calls[i], delta, fr)
                     if delta is None:
                         continue
                     chunk = oai.chat_chunk(cid, model, created, delta, index=i, finish_reason=fr,
@@ -293,8 +296,9 @@ class FrontendApp:
                     choices = []
                     for i in range(len(pres)):
                         thought, content = reasoning.message_parts(parsers[i], "".join(texts[i]))
-                        choices.append(oai.chat_choice(i, content, finish[i][0], reasoning_content=thought,
-                                                       stop_reason=finish[i][1]))
+                        content, calls, fin = tool_call_output.message_parts(tool_calls[i], content, finish[i][0])
+                        choices.append(oai.chat_choice(i, content, fin, reasoning_content=thought,
+                                                       tool_calls=calls, stop_reason=finish[i][1]))
                     payload = oai.chat_completion(cid, model, created, choices, usage)
                 else:
                     choices = []

@@ -15,6 +15,7 @@ import orjson
 
 from dynamo.llm.preprocessor.chat_template import ChatTemplate, ChatTemplateError, Rendered
 from dynamo.llm.preprocessor.tokenizer import Tokenizer
+from dynamo.llm.preprocessor.tool_choice import tool_choice_guided
 from dynamo.llm.protocols.engine import (
     OutputOptions,
     PreprocessedRequest,
@@ -221,6 +222,9 @@ class OpenAIPreprocessor:
             min_tokens=req.min_tokens,
             ignore_eos=True if ignore_eos else None,
         )
+        guided = _guided_decoding(req)
+        if guided is None and isinstance(req, ChatCompletionRequest):
+            guided = tool_choice_guided(req)
         sampling = SamplingOptions(
             n=req.n,
             best_of=req.best_of,
@@ -233,7 +237,7 @@ class OpenAIPreprocessor:
             min_p=req.min_p,
             seed=req.seed,
             include_stop_str_in_output=req.include_stop_str_in_output,
-            guided_decoding=_guided_decoding(req),
+            guided_decoding=guided,
         )
         output = OutputOptions(
             logprobs=logprobs,

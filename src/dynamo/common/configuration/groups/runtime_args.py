@@ -14,6 +14,7 @@ from dynamo.common.configuration.utils import (
     existing_file,
 )
 from dynamo.llm.postprocessor.parsers.reasoning import REASONING_PARSERS
+from dynamo.llm.postprocessor.parsers.tool_calls import TOOL_CALL_PARSERS
 from dynamo.runtime.errors import ConfigError
 
 STORE_KV_CHOICES = ("etcd", "file", "mem")
@@ -114,7 +115,9 @@ class RuntimeArgGroup(ArgGroup):
             "--dyn-tool-call-parser",
             "DYN_TOOL_CALL_PARSER",
             defaults.dyn_tool_call_parser,
-            "Tool-call parser the frontend applies to this model's output.",
+            "Tool-call parser the frontend applies to this model's output (splits tool_calls when a chat "
+            "request offers tools).",
+            choices=sorted(TOOL_CALL_PARSERS),
         )
         add_argument(
             parser,
