@@ -131,3 +131,12 @@ def test_streamed_deltas_keep_reasoning_and_hold_a_marker_prefix() -> None:
     state = tool_calls_for("hermes", req())
     assert stream_delta(state, {"content": '<tool_call>{"name": "pi'}, "length") == (
         {"content": '<tool_call>{"name": "pi'}, "length")
+
+
+def test_worker_flag_accepts_only_known_parsers(capsys: pytest.CaptureFixture[str]) -> None:
+    from dynamo.echo.__main__ import build_parser
+
+    assert build_parser().parse_args(["--dyn-tool-call-parser", "qwen3_coder"]).dyn_tool_call_parser == "qwen3_coder"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--dyn-tool-call-parser", "hermes2"])
+    assert "hermes2" in capsys.readouterr().err
