@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from dynamo.llm.postprocessor.parsers.markers import held_prefix
 from dynamo.runtime.errors import ConfigError
 
 Split = tuple[str, str]
@@ -35,23 +36,6 @@ class ReasoningParser(Protocol):
     def finish(self) -> Split:
         """End of output (stop, length or error): flush what was held back."""
         ...
-
-
-def _partial_suffix(buf: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``buf`` that is a proper prefix of one of ``markers``: the part
-    that must be held back because the next delta may complete a marker."""
-    # Fast path, the common case: no marker's first character in the last few characters.
-    longest = max(len(m) for m in markers)
-    tail = buf[-longest:]
-    if not any(m[0] in tail for m in markers):
-        return 0
-    best = 0
-    for m in markers:
-        for n in range(min(len(m) - 1, len(buf)), best, -1):
-            if buf.endswith(m[:n]):
-                best = n
-                break
-    return best
 
 
 _PREFIX, _REASONING, _CONTENT = 0, 1, 2
@@ -95,7 +79,7 @@ class ThinkTagParser:
             self._state = _CONTENT
             self._buf = ""
             return (buf[:idx], buf[idx + len(self._end):])
-        hold = _partial_suffix(buf, (self._end,))
+        hold = held_prefix(buf, (self._end,))
         self._buf = buf[len(buf) - hold:] if hold else ""
         return (buf[:len(buf) - hold], "")
 
@@ -175,7 +159,7 @@ class HarmonyParser:
                 if i >= 0 and (end_at < 0 or i < end_at):
                     end_at, end_tok = i, tok
             if end_at < 0:
-                hold = _partial_suffix(buf, _H_ENDS)
+                hold = held_prefix(buf, _H_ENDS)
                 body = buf[:len(buf) - hold]
                 self._buf = buf[len(buf) - hold:] if hold else ""
                 r, c = self._out(body)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from dynamo.llm.postprocessor.parsers.markers import held_prefix
 
 
 def new_call_id() -> str:
@@ -62,22 +64,6 @@ def call_from_object(obj: Any, args_keys: tuple[str, ...] = ("arguments", "param
             break
     text = arguments_text(args)
     return None if text is None else ToolCall(obj["name"], text)
-
-
-def held_prefix(text: str, markers: Iterable[str]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``markers``: that much
-    must be held back, since the next delta may complete the marker."""
-    # The common case on the per-token path: no marker's first character near the end at all.
-    tail = text[-max(len(m) for m in markers):] if markers else ""
-    if not any(m[0] in tail for m in markers):
-        return 0
-    best = 0
-    for m in markers:
-        for n in range(min(len(m) - 1, len(text)), best, -1):
-            if text.endswith(m[:n]):
-                best = n
-                break
-    return best
 
 
 #: parses one block (start marker through end marker) into calls; None means "not a call: content"
