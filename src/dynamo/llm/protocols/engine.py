@@ -44,8 +44,42 @@ class RoutingHints(msgspec.Struct, omit_defaults=True):
     expected_output_tokens: int | None = None
 
 
+class BootstrapInfo(msgspec.Struct, omit_defaults=True):
+    """Where a decode worker meets its prefill worker's KV (bootstrap path, reference §5).
+
+    The prefill worker advertises ``bootstrap_host``/``bootstrap_port`` in its card
+    (``runtime_config.disaggregated_endpoint``); the router picks a fresh ``bootstrap_room`` per
+    request and sends the same info to both sides, which rendezvous there in either order.
+    """
+
+    bootstrap_host: str
+    bootstrap_port: int
+    bootstrap_room: int
+
+
+class PrefillResult(msgspec.Struct, omit_defaults=True):
+    """What a finished remote prefill hands to the decode worker (synchronous path, reference §5):
+    the engine's opaque transfer handle (vLLM ``kv_transfer_params``) and the prompt's cache hits."""
+
+    disaggregated_params: Any = None
+    cached_tokens: int | None = None
+
+
+class RouterConfigOverride(msgspec.Struct, omit_defaults=True):
+    """Per-request changes to the KV router's cost function; the decode leg of a disaggregated
+    request sets all three off (its prompt's KV arrives from the prefill worker)."""
+
+    overlap_score_weight: float | None = None
+    assume_kv_reuse: bool | None = None
+    track_prefill_tokens: bool | None = None
+
+
 class PreprocessedRequest(msgspec.Struct, omit_defaults=True):
-    """What a worker's ``generate`` endpoint receives."""
+    """What a worker's ``generate`` endpoint receives.
+
+    ``prefill_result`` / ``bootstrap_info`` mark the decode leg of a disaggregated request (at most
+    one of them); ``router_config_override`` is read by KV routers on the way.
+    """
 
     model: str
     token_ids: list[int]
@@ -58,6 +92,9 @@ class PreprocessedRequest(msgspec.Struct, omit_defaults=True):
     routing: RoutingHints | None = None
     request_id: str | None = None
     extra_args: dict[str, Any] | None = None
+    prefill_result: PrefillResult | None = None
+    bootstrap_info: BootstrapInfo | None = None
+    router_config_override: RouterConfigOverride | None = None
 
 
 class CompletionUsage(msgspec.Struct, omit_defaults=True):

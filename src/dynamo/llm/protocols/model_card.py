@@ -7,6 +7,13 @@ import hashlib
 import msgspec
 
 
+class DisaggregatedEndpoint(msgspec.Struct, omit_defaults=True):
+    """A prefill worker's KV bootstrap listener (bootstrap path of disaggregation, reference §3.7)."""
+
+    bootstrap_host: str
+    bootstrap_port: int
+
+
 class RuntimeConfig(msgspec.Struct, omit_defaults=True):
     total_kv_blocks: int | None = None
     max_num_seqs: int | None = None
@@ -16,6 +23,8 @@ class RuntimeConfig(msgspec.Struct, omit_defaults=True):
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     enable_local_indexer: bool = False
+    #: prefill workers with a bootstrap listener: where decode workers fetch the KV
+    disaggregated_endpoint: DisaggregatedEndpoint | None = None
 
 
 class ModelFile(msgspec.Struct, frozen=True):
