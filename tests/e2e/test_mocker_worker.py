@@ -115,7 +115,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @pytest.mark.parametrize(("args", "message"), [
     ((), "--model-path is required"),
     (("--model-path", "no-such-org/no-such-model"), "pass --model-path with a local directory"),
-    (("--model-path", str(QWEN), "--disaggregation-mode", "prefill"), "not available yet"),
+    (("--model-path", str(QWEN), "--is-prefill-worker", "--is-decode-worker"), "mutually exclusive"),
+    (("--model-path", str(QWEN), "--disaggregation-mode", "decode", "--is-prefill-worker"), "contradicts"),
+    (("--model-path", str(QWEN), "--bootstrap-ports", "7000"), "only for prefill workers"),
+    (("--model-path", str(QWEN), "--disaggregation-mode", "prefill", "--bootstrap-ports", "1,2"),
+     "give one per worker"),
+    (("--model-path", str(QWEN), "--disaggregation-mode", "prefill", "--bootstrap-ports", "x"), "comma-separated"),
     (("--model-path", str(QWEN), "--speedup-ratio", "-1"), "speedup_ratio"),
     (("--model-path", str(QWEN), "--extra-engine-args", "/nonexistent.json"), "--extra-engine-args"),
 ])

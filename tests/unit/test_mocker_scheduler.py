@@ -239,9 +239,28 @@ def test_worker_types_zero_the_other_phase() -> None:
     assert r.prefill_ms > 0 and r.decode_ms == 0.0 and r.finished == ["a"]
     assert r.handoff_delay_ms["a"] == pytest.approx(100 * 1000 / 1e9 * 1000)
     d = make(worker_type="decode")
-    d.add_request("a", prompt(100), 2)
+    d.add_request("a", prompt(100), 2, transferred=True)
     r = d.step()
-    assert r.prefill_ms == 0.0 and r.decode_ms > 0
+    assert r.prefill_ms == 0.0 and r.decode_ms > 0 and r.emitted[0][0] == "a"
+
+
+def test_transferred_prompt_lands_in_the_kv_cache_without_prefill_time() -> None:
+    s = make(worker_type="decode", block_size=16)
+    events: list = []
+    s.add_request("remote", prompt(100), 3, transferred=True)
+    r = s.step()
+    events += s.drain_kv_events()
+    # The prompt's 6 full blocks are now held (and announced) here, and the first token came at once.
+    stored = sum(len(e.event.data.blocks) for e in events if type(e.event.data).__name__ == "KvStored")
+    assert stored == 100 // 16 and r.prefill_ms == 0.0 and [rid for rid, _ in r.emitted] == ["remote"]
+    assert r.admitted == [("remote", 0)]  # no cache hit of its own: the prompt arrived
+
+
+def test_decode_worker_computes_a_local_prefill() -> None:
+    s = make(worker_type="decode")
+    s.add_request("local", prompt(300), 2)
+    r = s.step()
+    assert r.prefill_ms > 0  # conditional disaggregation: the prompt is computed here, and paid for
 
 
 def test_speedup_ratios_scale_the_pass_duration() -> None:

@@ -8,24 +8,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
+import os
 import random
 import time
 from typing import Any
+
+import msgspec
 
 from dynamo.common import cli
 from dynamo.common.configuration import add_argument, add_negatable_bool_argument, dump_config
 from dynamo.common.configuration.groups import RuntimeArgGroup, RuntimeConfig
 from dynamo.kv_router.publisher import WorkerPublisher
 from dynamo.kv_router.recovery import KV_DUMP_ENDPOINT
+from dynamo.llm.model_path import resolve_model_path
 from dynamo.llm.model_registration import build_card, register_llm
 from dynamo.llm.protocols.engine import PreprocessedRequest
+from dynamo.llm.protocols.model_card import DisaggregatedEndpoint
 from dynamo.llm.protocols.model_card import RuntimeConfig as CardRuntimeConfig
 from dynamo.mocker.args import MockEngineArgs
+from dynamo.mocker.bootstrap import BootstrapServer
 from dynamo.mocker.engine import MockerEngine
+from dynamo.mocker.perf_model import kv_bytes_per_token
 from dynamo.mocker.scheduler import PassResult
 from dynamo.runtime import DistributedRuntime
 from dynamo.runtime.errors import ConfigError
+from dynamo.runtime.host_address import advertised_host
 from dynamo.runtime.shutdown import install_signal_handlers
 
 logger = logging.getLogger("dynamo.mocker")
@@ -76,6 +86,34 @@ class MockerConfig(RuntimeConfig):
         base = 0.0 if n <= 32 else 0.1 if n <= 128 else 0.2
         return base + (2.0 if n > 32 and index % 32 == 0 else 0.0)
 
+    def worker_mode(self) -> str:
+        """``aggregated``, ``prefill`` or ``decode`` from --disaggregation-mode and the legacy flags."""
+        if self.is_prefill_worker and self.is_decode_worker:
+            raise ConfigError("--is-prefill-worker and --is-decode-worker are mutually exclusive")
+        legacy = "prefill" if self.is_prefill_worker else "decode" if self.is_decode_worker else None
+        mode = {"agg": "aggregated", "prefill": "prefill", "decode": "decode"}.get(self.disaggregation_mode)
+        if mode is None:
+            raise ConfigError(f"--disaggregation-mode must be agg, prefill or decode; got {self.disaggregation_mode!r}")
+        if legacy is not None and self.disaggregation_mode != "agg" and legacy != mode:
+            raise ConfigError(f"--disaggregation-mode {self.disaggregation_mode} contradicts --is-{legacy}-worker")
+        return legacy or mode
+
+    def bootstrap_port_list(self) -> list[int]:
+        """``--bootstrap-ports``: one port per worker of --num-workers (0 = any free port)."""
+        if not self.bootstrap_ports:
+            return []
+        try:
+            ports = [int(p) for p in str(self.bootstrap_ports).split(",") if p.strip()]
+        except ValueError:
+            raise ConfigError(f"--bootstrap-ports must be comma-separated port numbers; got "
+                              f"{self.bootstrap_ports!r}") from None
+        if any(not 0 <= p <= 65535 for p in ports):
+            raise ConfigError(f"--bootstrap-ports must be in [0, 65535]; got {self.bootstrap_ports!r}")
+        if len(ports) != self.num_workers:
+            raise ConfigError(f"--bootstrap-ports lists {len(ports)} port(s) for --num-workers {self.num_workers}; "
+                              "give one per worker")
+        return ports
+
     def engine_args(self) -> MockEngineArgs:
         base = {
             "num_gpu_blocks": self.num_gpu_blocks_override,
@@ -105,10 +143,15 @@ class MockerConfig(RuntimeConfig):
                             ("--zmq-replay-ports", self.zmq_replay_ports)):
             if value:
                 raise ConfigError(f"{flag} is not available yet; KV events are published on the event plane")
-        if (args.worker_type != "aggregated" or self.disaggregation_mode != "agg" or self.is_prefill_worker
-                or self.is_decode_worker or self.bootstrap_ports):
-            raise ConfigError("disaggregated prefill/decode mockers are not available yet; "
-                              "use --disaggregation-mode agg")
+        mode = self.worker_mode()
+        if "worker_type" not in args.explicitly_set or mode != "aggregated":
+            args = dataclasses.replace(args, worker_type=mode)
+        if args.kv_bytes_per_token is None and args.worker_type != "aggregated":
+            args = dataclasses.replace(args, kv_bytes_per_token=kv_bytes_per_token_from_config(
+                self.model_path, args.kv_cache_dtype))
+        ports = self.bootstrap_port_list()
+        if ports and args.worker_type != "prefill":
+            raise ConfigError("--bootstrap-ports is only for prefill workers (--disaggregation-mode prefill)")
         return args
 
 
@@ -155,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_argument(e, "--extra-engine-args", "DYN_MOCKER_EXTRA_ENGINE_ARGS", None,
                  "JSON file whose keys override the engine flags.")
     add_argument(e, "--disaggregation-mode", "DYN_MOCKER_DISAGGREGATION_MODE", "agg",
-                 "agg (default), prefill or decode.", choices=["agg", "prefill", "decode"])
+                 "agg (default); prefill: register a prefill-only worker on dyn://{namespace}.prefill.generate "
+                 "(max_tokens forced to 1, KV handed to decode workers); decode: take requests with a prefill "
+                 "result or bootstrap info.", choices=["agg", "prefill", "decode"])
     add_argument(e, "--kv-transfer-bandwidth", "DYN_MOCKER_KV_TRANSFER_BANDWIDTH", 64.0,
                  "KV transfer bandwidth in GB/s (disaggregation).", arg_type=float)
     add_argument(e, "--kv-bytes-per-token", "DYN_MOCKER_KV_BYTES_PER_TOKEN", None, "KV bytes per token.",
@@ -168,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_negatable_bool_argument(e, "--is-decode-worker", "DYN_MOCKER_IS_DECODE_WORKER", False,
                                 "Legacy spelling of --disaggregation-mode decode.")
     add_argument(e, "--bootstrap-ports", "DYN_MOCKER_BOOTSTRAP_PORTS", None,
-                 "Prefill workers' KV bootstrap ports (disaggregation; not available yet).")
+                 "Prefill workers: KV bootstrap ports, one per worker (0 = any free port). Decode workers meet "
+                 "the prefill worker there (bootstrap path); without it the frontend waits for each prefill "
+                 "and hands its result to the decode worker (synchronous path).")
     add_argument(e, "--zmq-kv-events-ports", "DYN_MOCKER_ZMQ_KV_EVENTS_PORTS", None,
                  "Also publish vLLM-native ZMQ KV events on these ports (not available yet).")
     add_argument(e, "--zmq-replay-ports", "DYN_MOCKER_ZMQ_REPLAY_PORTS", None,
@@ -177,10 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def kv_bytes_per_token_from_config(model_path: str, kv_cache_dtype: str) -> int | None:
+    """KV bytes per token of the model at ``model_path`` (its ``config.json``); None if unknown."""
+    try:
+        cfg = json.loads((resolve_model_path(model_path) / "config.json").read_text())
+    except (OSError, ValueError, ConfigError):
+        return None
+    return kv_bytes_per_token(cfg, kv_cache_dtype) if isinstance(cfg, dict) else None
+
+
 def mocker_card(config: MockerConfig, args: MockEngineArgs) -> Any:
     return build_card(
         config.model_path, config.model_name, context_length=config.context_length,
         kv_cache_block_size=args.block_size, migration_limit=config.migration_limit,
+        model_type=["prefill"] if args.worker_type == "prefill" else None,
         runtime_config=CardRuntimeConfig(
             total_kv_blocks=args.num_gpu_blocks, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, data_parallel_size=args.dp_size,
@@ -188,10 +245,26 @@ def mocker_card(config: MockerConfig, args: MockEngineArgs) -> Any:
     )
 
 
+def default_endpoint(config: MockerConfig, args: MockEngineArgs) -> str:
+    component = "prefill" if args.worker_type == "prefill" else "backend"
+    return config.endpoint or f"dyn://{config.namespace}.{component}.generate"
+
+
 async def start_worker(runtime: DistributedRuntime, config: MockerConfig, args: MockEngineArgs,
-                       instance_id: int, card: Any) -> MockerEngine:
-    endpoint = runtime.endpoint(config.endpoint or f"dyn://{config.namespace}.backend.generate")
+                       instance_id: int, card: Any, bootstrap_port: int | None = None) -> MockerEngine:
+    endpoint = runtime.endpoint(default_endpoint(config, args))
     pub = await WorkerPublisher.create(runtime, endpoint.namespace, endpoint.component, instance_id)
+    bootstrap = None
+    if bootstrap_port is not None:
+        # Decode workers dial this port, so it listens where the request plane does and advertises
+        # the same kind of address.
+        bind = os.environ.get("DYN_TCP_RPC_HOST") or "127.0.0.1"
+        bootstrap = BootstrapServer(bind, bootstrap_port)
+        await bootstrap.start()
+        host = advertised_host(bind, os.environ.get("DYN_TCP_RPC_ADVERTISE_HOST"))
+        rc = msgspec.structs.replace(card.runtime_config, disaggregated_endpoint=DisaggregatedEndpoint(
+            bootstrap_host=host, bootstrap_port=bootstrap.port))
+        card = msgspec.structs.replace(card, runtime_config=rc)
 
     def pass_sink(rank: int, r: PassResult) -> None:
         pub.forward_pass(rank, time.monotonic(), num_running=r.num_running, num_waiting=r.num_waiting,
@@ -199,14 +272,17 @@ async def start_worker(runtime: DistributedRuntime, config: MockerConfig, args: 
                          emitted_tokens=len(r.emitted), prefill_ms=r.prefill_ms, decode_ms=r.decode_ms,
                          preempted=len(r.preempted))
 
-    engine = MockerEngine(args, instance_id, kv_sink=pub.kv_events, load_sink=pub.load, pass_sink=pass_sink)
+    engine = MockerEngine(args, instance_id, kv_sink=pub.kv_events, load_sink=pub.load, pass_sink=pass_sink,
+                          bootstrap=bootstrap)
     engine.start()
     await endpoint.start_serving(engine.generate, request_type=PreprocessedRequest, instance_id=instance_id)
     dump_ep = runtime.namespace(endpoint.namespace).component(endpoint.component).endpoint(KV_DUMP_ENDPOINT)
     await dump_ep.start_serving(pub.kv_dump, instance_id=instance_id)
     await register_llm(endpoint, card, instance_id)
-    logger.info("mocker worker %x serving %r on %s (block size %d, %d KV blocks, speedup %g)",
-                instance_id, card.name, endpoint.url, args.block_size, args.num_gpu_blocks, args.speedup_ratio)
+    role = {"aggregated": "", "prefill": " prefill", "decode": " decode"}[args.worker_type]
+    extra = f", KV bootstrap on port {bootstrap.port}" if bootstrap is not None else ""
+    logger.info("mocker%s worker %x serving %r on %s (block size %d, %d KV blocks, speedup %g%s)", role,
+                instance_id, card.name, endpoint.url, args.block_size, args.num_gpu_blocks, args.speedup_ratio, extra)
     return engine
 
 
@@ -225,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         config.validate()
         args = config.engine_args()
         card = mocker_card(config, args)
+        ports = config.bootstrap_port_list()
         dump_config(config.dump_config_to, config)
         runtime = await DistributedRuntime.from_settings(config)
         install_signal_handlers(runtime)
@@ -236,10 +313,13 @@ def main(argv: list[str] | None = None) -> None:
             if delay:
                 await asyncio.sleep(delay)
             iid = runtime.instance_id if i == 0 else random.getrandbits(63)
-            engines.append(await start_worker(runtime, config, args, iid, card))
+            port = ports[i] if ports else None
+            engines.append(await start_worker(runtime, config, args, iid, card, port))
         await runtime.wait_for_shutdown()
         for engine in engines:
             await engine.stop()
+            if engine.bootstrap is not None:
+                await engine.bootstrap.close()
 
     cli.run(amain)
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dynamo.kv_router.protocols import RouterEvent
 from dynamo.llm.protocols.engine import CompletionUsage, LLMEngineOutput, PreprocessedRequest
 from dynamo.mocker.args import MockEngineArgs
+from dynamo.mocker.bootstrap import BootstrapServer, wait_for_kv
 from dynamo.mocker.perf_model import load_perf_model
 from dynamo.mocker.scheduler import PassResult, Scheduler
 from dynamo.runtime import errors
@@ -31,7 +32,7 @@ PassSink = Callable[[int, PassResult], None]
 
 
 class _Stream:
-    __slots__ = ("cached_tokens", "done", "error", "tokens", "waiter")
+    __slots__ = ("cached_tokens", "done", "error", "handoff_s", "tokens", "waiter")
 
     def __init__(self) -> None:
         self.tokens: list[int] = []
@@ -39,6 +40,8 @@ class _Stream:
         self.error: errors.DynamoError | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.cached_tokens = 0
+        #: prefill workers: simulated KV transfer time after the last token, before the handoff
+        self.handoff_s = 0.0
 
     def wake(self) -> None:
         w = self.waiter
@@ -117,9 +120,13 @@ class _Rank:
             if s is not None:
                 s.tokens.append(token)
                 s.wake()
+        speedup = self.engine.args.speedup_ratio
         for rid in result.finished:
             s = streams.get(rid)
             if s is not None:
+                delay = result.handoff_delay_ms.get(rid)
+                if delay:
+                    s.handoff_s = delay / 1000.0 / speedup
                 s.done = True
                 s.wake()
         for rid in result.rejected:
@@ -134,8 +141,12 @@ class MockerEngine:
     """Simulated vLLM-style engine for one worker (all of its dp ranks)."""
 
     def __init__(self, args: MockEngineArgs, worker_id: int = 0, *, kv_sink: KvEventSink | None = None,
-                 load_sink: LoadSink | None = None, pass_sink: PassSink | None = None) -> None:
+                 load_sink: LoadSink | None = None, pass_sink: PassSink | None = None,
+                 bootstrap: BootstrapServer | None = None) -> None:
         args.validate()
+        #: prefill workers on the bootstrap path: where decode workers wait for a request's KV
+        self.bootstrap = bootstrap
+        self.disagg_counts = {"prefill": 0, "decode_transferred": 0, "decode_local": 0}
         self.args = args
         self.worker_id = worker_id
         self.kv_sink = kv_sink
@@ -168,8 +179,22 @@ class MockerEngine:
         max_tokens = request.stop_conditions.max_tokens
         if max_tokens is None:
             raise errors.InvalidArgument("stop_conditions.max_tokens is required by the mocker")
-        if self.args.worker_type == "prefill":
+        prefill_only = self.args.worker_type == "prefill"
+        room = request.bootstrap_info.bootstrap_room if prefill_only and request.bootstrap_info else None
+        if prefill_only:
             max_tokens = 1
+            self.disagg_counts["prefill"] += 1
+            if room is not None and self.bootstrap is not None:
+                self.bootstrap.expect(room)
+        transferred = False
+        if not prefill_only and (request.prefill_result is not None or request.bootstrap_info is not None):
+            transferred = True
+            if request.bootstrap_info is not None:
+                transferred, why = await wait_for_kv(request.bootstrap_info)
+                if not transferred:
+                    logger.warning("request %s: no KV from the prefill worker (%s); computing the prompt here",
+                                   ctx.id, why)
+            self.disagg_counts["decode_transferred" if transferred else "decode_local"] += 1
         dp_rank = request.routing.dp_rank if request.routing is not None else None
         if dp_rank is None:
             dp_rank = next(self._rr) % len(self.ranks)
@@ -178,11 +203,17 @@ class MockerEngine:
         rank = self.ranks[dp_rank]
         rid = f"{ctx.id}-{next(self._ids)}"
         stream = _Stream()
-        rank.scheduler.add_request(rid, request.token_ids, max_tokens)
+        try:
+            rank.scheduler.add_request(rid, request.token_ids, max_tokens, transferred=transferred)
+        except errors.DynamoError:
+            if room is not None and self.bootstrap is not None:
+                self.bootstrap.complete(room, ok=False)
+            raise
         rank.streams[rid] = stream
         rank.wakeup.set()
         sent = 0
         prompt_len = len(request.token_ids)
+        handed_off = False
         try:
             while True:
                 if not stream.tokens and not stream.done:
@@ -199,13 +230,28 @@ class MockerEngine:
                 tokens, stream.tokens = stream.tokens, []
                 sent += len(tokens)
                 if stream.done:
+                    cached = stream.cached_tokens
+                    if request.prefill_result is not None and request.prefill_result.cached_tokens is not None:
+                        cached = request.prefill_result.cached_tokens  # the prefill worker's cache hit
                     usage = CompletionUsage(prompt_tokens=prompt_len, completion_tokens=sent,
-                                            total_tokens=prompt_len + sent, cached_tokens=stream.cached_tokens)
-                    yield LLMEngineOutput(token_ids=tokens, finish_reason="length", completion_usage=usage)
+                                            total_tokens=prompt_len + sent, cached_tokens=cached)
+                    params = None
+                    if prefill_only:
+                        if stream.handoff_s:
+                            await asyncio.sleep(stream.handoff_s)  # the simulated KV transfer
+                        if room is not None and self.bootstrap is not None:
+                            self.bootstrap.complete(room)
+                        handed_off = True
+                        params = {"mocker": {"worker_id": f"{self.worker_id:x}", "prompt_tokens": prompt_len,
+                                             "cached_tokens": cached}}
+                    yield LLMEngineOutput(token_ids=tokens, finish_reason="length", completion_usage=usage,
+                                          disaggregated_params=params)
                     return
                 if tokens:
                     yield LLMEngineOutput(token_ids=tokens)
         finally:
+            if room is not None and self.bootstrap is not None and not handed_off:
+                self.bootstrap.complete(room, ok=False)  # the decode side prefills locally
             rank.streams.pop(rid, None)
             if not stream.done:
                 # Cancelled or abandoned: free its blocks now, not when it would have finished.

@@ -272,6 +272,26 @@ def kv_transfer_delay_ms(num_input_tokens: int, kv_bytes_per_token: int | None, 
     return num_input_tokens * kv_bytes_per_token / (bandwidth_gb_s * 1e9) * 1000.0
 
 
+_DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2}
+
+
+def kv_bytes_per_token(hf_config: dict[str, Any], kv_cache_dtype: str = "auto") -> int | None:
+    """``layers × 2 (K and V) × kv_heads × head_dim × dtype bytes`` from a Hugging Face ``config.json``;
+    None when the config lacks the sizes. ``kv_cache_dtype`` ``auto`` uses the model's dtype."""
+    cfg = hf_config.get("text_config", hf_config) if isinstance(hf_config.get("text_config"), dict) else hf_config
+    layers = cfg.get("num_hidden_layers")
+    heads = cfg.get("num_attention_heads")
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or (cfg["hidden_size"] // heads if cfg.get("hidden_size") and heads else None)
+    if not all(isinstance(v, int) and v > 0 for v in (layers, kv_heads, head_dim)):
+        return None
+    dtype = kv_cache_dtype.lower()
+    if dtype == "auto":
+        dtype = str(cfg.get("torch_dtype") or hf_config.get("torch_dtype") or "bfloat16").lower()
+    size = 1 if dtype.startswith("fp8") or dtype.startswith("int8") else _DTYPE_BYTES.get(dtype, 2)
+    return int(layers * 2 * kv_heads * head_dim * size)
+
+
 # --------------------------------------------------------------------------------------------- helpers
 
 

@@ -58,9 +58,11 @@ class _Request:
         "seq",
         "state",
         "tokens",
+        "transferred",
     )
 
-    def __init__(self, request_id: str, seq: KvSequence, max_tokens: int, num_thinking: int) -> None:
+    def __init__(self, request_id: str, seq: KvSequence, max_tokens: int, num_thinking: int,
+                 transferred: bool = False) -> None:
         self.request_id = request_id
         self.seq = seq
         #: the sequence's token list (prompt + sampled tokens), aliased to save a lookup per pass
@@ -76,6 +78,8 @@ class _Request:
         self.generated = 0
         self.computed = 0
         self.state = _WAITING
+        #: the prompt's KV came from a prefill worker: it is present at admission, costing no compute
+        self.transferred = transferred
 
 
 @dataclass(slots=True)
@@ -153,8 +157,13 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------- requests
 
-    def add_request(self, request_id: str, token_ids: Sequence[int], max_tokens: int) -> None:
+    def add_request(self, request_id: str, token_ids: Sequence[int], max_tokens: int, *,
+                    transferred: bool = False) -> None:
         """Queue a request at the back of the waiting queue.
+
+        ``transferred``: the decode leg of a disaggregated request whose prompt KV a prefill worker
+        computed; at admission its prompt blocks are allocated (and announced in KV events) with no
+        prefill time. If it is preempted the transferred KV is gone and it recomputes its prompt here.
 
         Raises :class:`InvalidArgument` for a duplicate id, an empty prompt, ``max_tokens < 1``, or a
         prompt that can never fit the KV cache / ``max_model_len``.
@@ -187,7 +196,7 @@ class Scheduler:
             max_tokens = min(max_tokens, room)
         reasoning = self._reasoning
         num_thinking = reasoning.num_thinking_tokens(max_tokens) if reasoning is not None else 0
-        req = _Request(request_id, self.kv.new_sequence(token_ids), max_tokens, num_thinking)
+        req = _Request(request_id, self.kv.new_sequence(token_ids), max_tokens, num_thinking, transferred)
         self._requests[request_id] = req
         self._waiting.append(req)
 
@@ -304,7 +313,9 @@ class Scheduler:
             cached_blocks, active_cached = kv.cached_prefix_blocks(seq, (seq_len - 1) // bs)
             if known_blocks - active_cached > capacity - self._watermark_blocks - kv.num_active_blocks:
                 break
-            cached = cached_blocks * bs
+            cached = hit = cached_blocks * bs
+            if req.transferred:
+                cached = req.prompt_len
             remaining = seq_len - cached
             prompt_remaining = req.prompt_len - cached
             if prompt_remaining > 0 and not chunked and prompt_remaining > budget:
@@ -322,7 +333,7 @@ class Scheduler:
                 waiting.remove(req)
             req.state = _RUNNING
             running.append(req)
-            result.admitted.append((req.request_id, cached))
+            result.admitted.append((req.request_id, hit))
             if req.pass_prompt:
                 prefilled.append(req)
             if req.computed >= seq_len:
@@ -334,7 +345,7 @@ class Scheduler:
             prefilled = [r for r in prefilled if r.state == _RUNNING]
 
         # 3. timing and token emission
-        if batch[0] and args.worker_type != "decode":
+        if batch[0]:
             n = batch[0]
             result.prefill_ms = self.perf.predict_prefill_ms(n, batch[1] // n, batch[2] // n)
         if ready:
@@ -411,6 +422,7 @@ class Scheduler:
         self._running.remove(victim)
         self.kv.destroy(victim.seq)
         victim.computed = 0
+        victim.transferred = False
         victim.state = _WAITING
         self._waiting.appendleft(victim)
         self.num_preemptions += 1
