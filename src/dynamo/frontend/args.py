@@ -47,6 +47,14 @@ class FrontendConfig(RuntimeConfig):
     kserve_grpc_server: bool = False
     grpc_port: int = 8001
     grpc_metrics_port: int = 8788
+    enforce_disagg: bool = False
+    router_conditional_disagg: bool = False
+    router_conditional_disagg_policy: str = "isl_bounding"
+    router_conditional_disagg_eff_isl_threshold: int = 2048
+    router_conditional_disagg_eff_isl_ratio_threshold: float = 0.7
+    router_conditional_disagg_prefill_busy_threshold: float | None = None
+    router_conditional_disagg_decode_busy_threshold: float | None = None
+    conditional_disagg: Any = None
     verbose: int = 0
 
     @property
@@ -123,6 +131,32 @@ class FrontendArgGroup(ArgGroup):
         add_argument(parser, "--grpc-metrics-port", "DYN_GRPC_METRICS_PORT", 8788,
                      "Port serving GET /metrics beside the gRPC server (with --kserve-grpc-server; 0 = off).",
                      arg_type=int)
+        d = parser.add_argument_group("disaggregated prefill/decode") if hasattr(parser, "add_argument_group") \
+            else parser
+        add_negatable_bool_argument(d, "--enforce-disagg", "DYN_ENFORCE_DISAGG", False,
+                                    "Never serve a model aggregated: with no prefill worker registered, requests "
+                                    "get 503 instead of running prefill on the decode workers.")
+        add_negatable_bool_argument(d, "--router-conditional-disagg", "DYN_ROUTER_CONDITIONAL_DISAGG", False,
+                                    "Prefill on the decode worker when a remote prefill would not pay (see the "
+                                    "policy flags).")
+        add_argument(d, "--router-conditional-disagg-policy", "DYN_ROUTER_CONDITIONAL_DISAGG_POLICY",
+                     "isl_bounding", "isl_bounding: local when little of the prompt is uncached on the decode "
+                     "worker; prefill_load: local when the prefill worker is busy; isl_or_load: either.",
+                     choices=["isl_bounding", "prefill_load", "isl_or_load"])
+        add_argument(d, "--router-conditional-disagg-eff-isl-threshold",
+                     "DYN_ROUTER_CONDITIONAL_DISAGG_EFF_ISL_THRESHOLD", 2048,
+                     "isl_bounding: local prefill needs fewer uncached prompt tokens than this ...", arg_type=int)
+        add_argument(d, "--router-conditional-disagg-eff-isl-ratio-threshold",
+                     "DYN_ROUTER_CONDITIONAL_DISAGG_EFF_ISL_RATIO_THRESHOLD", 0.7,
+                     "... and a smaller uncached fraction of the prompt than this.", arg_type=float)
+        add_argument(d, "--router-conditional-disagg-prefill-busy-threshold",
+                     "DYN_ROUTER_CONDITIONAL_DISAGG_PREFILL_BUSY_THRESHOLD", None,
+                     "prefill_load: a prefill worker is busy above this x max_num_batched_tokens of active "
+                     "prefill tokens (default: --router-queue-threshold).", arg_type=nullable_float)
+        add_argument(d, "--router-conditional-disagg-decode-busy-threshold",
+                     "DYN_ROUTER_CONDITIONAL_DISAGG_DECODE_BUSY_THRESHOLD", None,
+                     "Decode guard: no local prefill when the decode worker would hold more than this x its KV "
+                     "blocks (default: off).", arg_type=nullable_float)
         parser.add_argument("-i", "--interactive", action="store_true",
                             help="Chat with the first model in the terminal instead of serving HTTP.")
         parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -140,12 +174,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def conditional_disagg_config(config: FrontendConfig) -> Any:
+    from dynamo.kv_router.conditional_disagg import ConditionalDisaggConfig
+
+    busy = config.router_conditional_disagg_prefill_busy_threshold
+    if busy is None and config.kv_router is not None:
+        busy = config.kv_router.router_queue_threshold
+    return ConditionalDisaggConfig(
+        enabled=config.router_conditional_disagg,
+        policy=config.router_conditional_disagg_policy,
+        eff_isl_threshold=config.router_conditional_disagg_eff_isl_threshold,
+        eff_isl_ratio_threshold=config.router_conditional_disagg_eff_isl_ratio_threshold,
+        prefill_busy_threshold=busy,
+        decode_busy_threshold=config.router_conditional_disagg_decode_busy_threshold,
+    ).validate()
+
+
 def parse_config(argv: list[str] | None = None) -> FrontendConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = FrontendConfig.from_cli_args(args)
     try:
         config.kv_router = kv_router_config(args)
+        config.conditional_disagg = conditional_disagg_config(config)
     except ConfigError as exc:
         parser.error(str(exc))
     # The frontend serves every namespace unless one is asked for explicitly.

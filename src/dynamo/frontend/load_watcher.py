@@ -46,7 +46,7 @@ class LoadWatcher:
         for ws in sets:
             if ws.namespace not in self._tasks:
                 self._tasks[ws.namespace] = asyncio.get_running_loop().create_task(self._follow(ws.namespace))
-            if ws.engine is not None:
+            if ws.engine is not None and not ws.prefill:
                 ws.engine.monitor.retain(ws.instances)
         self._live = {iid for ws in sets for iid in ws.instances}
         for wid in [w for w in self._labelled if w not in self._live]:
@@ -96,7 +96,7 @@ class LoadWatcher:
         if load.active_prefill_tokens is not None:
             self.metrics.worker_active_prefill_tokens.labels(wid, rank).set(load.active_prefill_tokens)
         for ws in self.manager.all_sets():
-            if load.worker_id in ws.instances and ws.engine is not None:
+            if load.worker_id in ws.instances and ws.engine is not None and not ws.prefill:
                 ws.engine.observe_load(load)
 
     async def close(self) -> None:
@@ -132,7 +132,7 @@ class LoadWatcher:
             current = BusyThresholds(**values)  # type: ignore[arg-type]
             self.per_model[model] = current
             for ws in self.manager.all_sets():
-                if ws.model == model and ws.engine is not None:
+                if ws.model == model and ws.engine is not None and not ws.prefill:
                     ws.engine.monitor.set_thresholds(current)
         return {"model": model, **current.to_dict()}
 

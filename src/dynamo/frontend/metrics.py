@@ -87,8 +87,31 @@ class FrontendMetrics:
                                                  ["worker_id", "dp_rank"], registry=reg)
         self.worker_active_prefill_tokens = Gauge(f"{p}_worker_active_prefill_tokens", "Active prefill tokens",
                                                   ["worker_id", "dp_rank"], registry=reg)
+        self.disagg_prefills = Counter(
+            f"{p}_disagg_prefills", "Prefills by where they ran: remote_bootstrap, remote_synchronous (on a "
+            "prefill worker), local (conditional disaggregation), aggregated (no prefill worker)",
+            ["model", "kind"], registry=reg)
+        self.disagg_prefill_retries = Counter(f"{p}_disagg_prefill_retries",
+                                              "Prefills retried on another prefill worker", ["model", "error"],
+                                              registry=reg)
+        self.disagg_prefill_seconds = Histogram(
+            f"{p}_disagg_prefill_seconds", "Synchronous remote prefill: prefill plus KV handoff", m,
+            buckets=_buckets("TTFT", 0.001, 480, 18), registry=reg)
         self.worker_kv_used_blocks = Gauge(f"{p}_worker_kv_used_blocks", "KV blocks used (worker report)",
                                            ["worker_id", "dp_rank"], registry=reg)
+
+    def prefill_metrics(self, model: str) -> Any:
+        """Callbacks of one model's prefill router onto ``{prefix}_disagg_*``."""
+        from dynamo.llm.prefill_router import PrefillMetrics, PrefillOutcome
+
+        def on_outcome(o: PrefillOutcome) -> None:
+            kind = f"remote_{o.path}" if o.mode == "remote" else o.mode
+            self.disagg_prefills.labels(model, kind).inc()
+            if o.prefill_ms is not None:
+                self.disagg_prefill_seconds.labels(model).observe(o.prefill_ms / 1000)
+
+        return PrefillMetrics(on_outcome=on_outcome,
+                              on_retry=lambda why: self.disagg_prefill_retries.labels(model, why).inc())
 
     def router_metrics(self) -> Any:
         """KV router metrics on this frontend's registry (one set shared by every model)."""

@@ -28,6 +28,7 @@ from dynamo.llm.postprocessor.parsers.reasoning import (
     reasoning_parser_for,
 )
 from dynamo.llm.postprocessor.stop import StepResult, StopChecker
+from dynamo.llm.prefill_router import DisaggDecision, PrefillRouter
 from dynamo.llm.preprocessor.request import OpenAIPreprocessor, PreprocessResult, chat_request_chars
 from dynamo.llm.protocols import openai as oai
 from dynamo.llm.protocols.engine import LLMEngineOutput, PreprocessedRequest
@@ -63,6 +64,8 @@ class PipelineOptions:
     busy: BusyThresholds | None = None
     kv_router: Any = None  # KvRouterConfig when router_mode == "kv"
     kv_cache_block_size: int | None = None
+    enforce_disagg: bool = False
+    conditional_disagg: Any = None  # ConditionalDisaggConfig
 
 
 class ModelEngine:
@@ -82,6 +85,14 @@ class ModelEngine:
             router.busy = self.monitor.busy_workers()
         self.reasoning_parser_name = _card_reasoning_parser(ws)
         self.tool_call_parser_name = _card_tool_call_parser(ws)
+        #: set by the frontend for decode worker sets: sends prefills to the namespace's prefill workers
+        self.prefill: PrefillRouter | None = None
+
+    @property
+    def supports_decisions(self) -> bool:
+        """Whether requests get a routing explanation (``x-dynamo-routing``)."""
+        return bool(getattr(self.router, "supports_decisions", False)) or (
+            self.prefill is not None and self.prefill.engaged())
 
     def reasoning_parser(self, req: oai.ChatCompletionRequest) -> ReasoningParser | None:
         """A fresh reasoning parser for one chat choice, or ``None`` when its output is not split."""
@@ -92,7 +103,7 @@ class ModelEngine:
         return tool_calls_for(self.tool_call_parser_name, req)
 
     def observe_load(self, load: ActiveLoad) -> None:
-        rc = self.ws.card.runtime_config
+        rc = self.ws.runtime_configs.get(load.worker_id) or self.ws.card.runtime_config
         self.monitor.add_worker(load.worker_id, rc.total_kv_blocks, rc.max_num_batched_tokens,
                                 rc.data_parallel_size)
         self.monitor.update(load.worker_id, load.dp_rank, kv_used_blocks=load.kv_used_blocks,
@@ -113,7 +124,8 @@ class ModelEngine:
             card_rc = ws.card.runtime_config
             router = KvRouter(ws.client, block_size, options.kv_router or KvRouterConfig(), model=ws.model,
                               eligible=lambda: ws.instances,
-                              runtime_config=lambda wid: card_rc if wid in ws.instances else None,
+                              runtime_config=lambda wid: ws.runtime_configs.get(wid, card_rc)
+                              if wid in ws.instances else None,
                               metrics=metrics.router_metrics())
         else:
             router = PushRouter(ws.client, options.router_mode, eligible=lambda: ws.instances)
@@ -137,6 +149,8 @@ class ModelEngine:
         return engine
 
     async def close(self) -> None:
+        if self.prefill is not None:
+            await self.prefill.close()
         close = getattr(self.router, "close", None)
         if close is not None:
             await close()
@@ -174,9 +188,27 @@ class ModelEngine:
 
     # -- engine stream with migration ---------------------------------------------------------------
 
+    async def _dispatch(self, request: PreprocessedRequest, headers: dict[str, str] | None,
+                        instance_id: int | None, on_decision: Any, prefill_instance_id: int | None,
+                        ) -> tuple[int, Any]:
+        """Route one attempt: its prefill first when this model is disaggregated, then the decode."""
+        if self.prefill is None or not self.prefill.engaged():
+            if on_decision is not None:
+                return await self.router.generate(request, headers, instance_id, on_decision=on_decision)
+            return await self.router.generate(request, headers, instance_id)
+        decode_req, outcome = await self.prefill.route(request, headers, self.router, prefill_instance_id)
+        seen: list[Any] = []
+        if getattr(self.router, "supports_decisions", False):
+            iid, stream = await self.router.generate(decode_req, headers, instance_id, on_decision=seen.append)
+        else:
+            iid, stream = await self.router.generate(decode_req, headers, instance_id)
+        if on_decision is not None:
+            on_decision(DisaggDecision(outcome, iid, seen[-1] if seen else None))
+        return iid, stream
+
     async def engine_stream(self, request: PreprocessedRequest, instance_id: int | None = None,
                             on_decision: Any = None, on_instance: Callable[[int], None] | None = None,
-                            ) -> AsyncIterator[LLMEngineOutput]:
+                            prefill_instance_id: int | None = None) -> AsyncIterator[LLMEngineOutput]:
         """Stream engine outputs, re-issuing the request on another worker if its worker is lost.
 
         On a mid-stream failure the tokens generated so far are appended to the prompt and
@@ -193,10 +225,7 @@ class ModelEngine:
         stall = self.options.stream_stall_timeout
         while True:
             try:
-                if on_decision is not None:
-                    iid, stream = await self.router.generate(current, headers, instance_id, on_decision=on_decision)
-                else:
-                    iid, stream = await self.router.generate(current, headers, instance_id)
+                iid, stream = await self._dispatch(current, headers, instance_id, on_decision, prefill_instance_id)
                 if on_instance is not None:
                     on_instance(iid)
             except errors.DynamoError as exc:
@@ -254,11 +283,11 @@ class ModelEngine:
 
     async def choice_stream(self, pre: PreprocessResult, instance_id: int | None = None,
                             on_decision: Any = None, on_instance: Callable[[int], None] | None = None,
-                            ) -> AsyncIterator[StepResult]:
+                            prefill_instance_id: int | None = None) -> AsyncIterator[StepResult]:
         """Detokenized, stop-checked results for one choice; the last one carries ``finish_reason``.
         ``on_instance`` is told each worker instance the choice is dispatched to."""
         checker = StopChecker.for_request(self.tokenizer, pre.request)
-        stream = self.engine_stream(pre.request, instance_id, on_decision, on_instance)
+        stream = self.engine_stream(pre.request, instance_id, on_decision, on_instance, prefill_instance_id)
         try:
             async for out in stream:
                 res = checker.process_output(out)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import uvicorn
@@ -16,8 +16,10 @@ from dynamo.frontend.http.app import FrontendApp
 from dynamo.frontend.load_watcher import LoadWatcher
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.pipeline import ModelEngine, PipelineOptions
+from dynamo.kv_router.conditional_disagg import ConditionalDisaggConfig
 from dynamo.llm.busy import BusyThresholds
 from dynamo.llm.model_manager import ModelManager, WorkerSet
+from dynamo.llm.prefill_router import PrefillPool, PrefillRouter
 from dynamo.runtime import DistributedRuntime
 
 logger = logging.getLogger("dynamo.frontend")
@@ -48,15 +50,30 @@ async def build_frontend(config: FrontendConfig, runtime: DistributedRuntime) ->
         stream_stall_timeout=config.stream_stall_timeout,
         kv_router=config.kv_router,
         kv_cache_block_size=config.kv_cache_block_size,
+        enforce_disagg=config.enforce_disagg,
+        conditional_disagg=config.conditional_disagg,
     )
 
     loads: LoadWatcher | None = None
 
-    async def engine_factory(ws: WorkerSet) -> ModelEngine:
+    def prefill_pool(ws: WorkerSet) -> Callable[[], PrefillPool | None]:
+        def lookup() -> PrefillPool | None:
+            found = manager.prefill_set(ws)
+            return found.engine if found is not None and isinstance(found.engine, PrefillPool) else None
+
+        return lookup
+
+    async def engine_factory(ws: WorkerSet) -> ModelEngine | PrefillPool:
+        if ws.prefill:
+            return await PrefillPool.build(ws, config.router_mode, config.kv_router, config.kv_cache_block_size,
+                                           metrics.router_metrics() if config.router_mode == "kv" else None)
         opts = options
         if loads is not None and ws.model in loads.per_model:
             opts = PipelineOptions(**{**options.__dict__, "busy": loads.per_model[ws.model]})
-        return await ModelEngine.build(ws, metrics, opts, custom_template=config.custom_jinja_template)
+        engine = await ModelEngine.build(ws, metrics, opts, custom_template=config.custom_jinja_template)
+        engine.prefill = PrefillRouter(ws.model, prefill_pool(ws), enforce=config.enforce_disagg,
+                                       conditional=config.conditional_disagg or ConditionalDisaggConfig(), metrics=metrics.prefill_metrics(ws.model))
+        return engine
 
     manager = ModelManager(runtime, engine_factory, namespace=config.model_filter_namespace)
 

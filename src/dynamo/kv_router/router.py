@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import random
@@ -319,12 +320,12 @@ class KvRouter:
 
     # -- decisions -----------------------------------------------------------------------------
 
-    def candidates(self) -> list[WorkerKey]:
+    def candidates(self, exclude: set[int] | None = None) -> list[WorkerKey]:
         ids = self.client.instance_ids()
         allowed = self._eligible() if self._eligible is not None else None
         out: list[WorkerKey] = []
         for wid in ids:
-            if (allowed is not None and wid not in allowed) or wid in self.busy:
+            if (allowed is not None and wid not in allowed) or wid in self.busy or (exclude and wid in exclude):
                 continue
             rc = self._runtime_config(wid)
             if rc is None:
@@ -342,8 +343,18 @@ class KvRouter:
             self.approx.expire(time.monotonic())
         return self.indexer.find_matches(local_hashes)
 
+    def config_for(self, request: PreprocessedRequest) -> KvRouterConfig:
+        """The router's config with the request's ``router_config_override`` applied."""
+        o = request.router_config_override
+        if o is None:
+            return self.config
+        changes = {name: value for name, value in (
+            ("overlap_score_weight", o.overlap_score_weight), ("router_assume_kv_reuse", o.assume_kv_reuse),
+            ("router_track_prefill_tokens", o.track_prefill_tokens)) if value is not None}
+        return dataclasses.replace(self.config, **changes) if changes else self.config
+
     def decide(self, token_ids: list[int], lora_name: str | None = None, cfg: KvRouterConfig | None = None,
-               ) -> tuple[Selection, list[int], list[int]]:
+               exclude: set[int] | None = None) -> tuple[Selection, list[int], list[int]]:
         cfg = cfg or self.config
         m = self.metrics
         t0 = time.perf_counter()
@@ -351,8 +362,10 @@ class KvRouter:
         t1 = time.perf_counter()
         overlaps = self.overlaps(local)
         t2 = time.perf_counter()
-        candidates = self.candidates()
+        candidates = self.candidates(exclude)
         if not candidates:
+            if exclude and set(self.client.instance_ids()) <= exclude:
+                raise errors.Unavailable("no reachable worker for this model")
             if self.client.instance_ids():
                 raise errors.ResourceExhausted("All workers are busy, please retry later")
             raise errors.Unavailable("no workers available for this model")
@@ -452,6 +465,7 @@ class KvRouter:
         routing = request.routing
         lora = routing.lora_name if routing is not None else None
         priority = (routing.priority or 0) if routing is not None else 0
+        cfg = self.config_for(request)
         await self._wait_for_capacity(len(request.token_ids), priority)
         tried: set[int] = set()
         while True:
@@ -464,15 +478,15 @@ class KvRouter:
                 sel = Selection(instance_id, dp, overlap.get((instance_id, dp), 0),
                                 -(-len(request.token_ids) // self.block_size), [])
             else:
-                sel, local, seq = self.decide(request.token_ids, lora)
-                if sel.worker_id in tried:
-                    raise errors.Unavailable("no reachable worker for this model")
+                sel, local, seq = self.decide(request.token_ids, lora, cfg, exclude=tried)
             rid = f"{request.request_id or 'r'}-{next(self._ids)}"
             key = (sel.worker_id, sel.dp_rank)
             isl = len(request.token_ids)
             expected = routing.expected_output_tokens if routing is not None else None
-            tracked = seq if self.config.router_track_active_blocks else None
-            self.sequences.add_request(rid, key, tracked, isl, sel.overlap_blocks, expected, now=time.monotonic())
+            tracked = seq if cfg.router_track_active_blocks else None
+            self.sequences.add_request(rid, key, tracked, isl, sel.overlap_blocks, expected, now=time.monotonic(),
+                                       track_prefill_tokens=cfg.router_track_prefill_tokens,
+                                       assume_kv_reuse=cfg.router_assume_kv_reuse)
             self._sync(rid, key, AddRequest(tracked, isl, sel.overlap_blocks, expected))
             if self.approx is not None:
                 self.approx.process_routing_decision(sel.worker_id, sel.dp_rank, local, seq, now=time.monotonic())

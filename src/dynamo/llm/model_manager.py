@@ -21,7 +21,7 @@ import msgspec
 
 from dynamo.llm.model_files import localize_card
 from dynamo.llm.protocols.engine import LLMEngineOutput, merge_outputs
-from dynamo.llm.protocols.model_card import ModelDeploymentCard
+from dynamo.llm.protocols.model_card import ModelDeploymentCard, RuntimeConfig
 from dynamo.runtime import errors
 from dynamo.runtime.client import Client
 from dynamo.runtime.discovery import registry
@@ -40,6 +40,9 @@ class WorkerSet:
     checksum: str
     endpoint: tuple[str, str, str]
     instances: set[int] = field(default_factory=set)
+    #: each instance's own runtime config (KV capacity, bootstrap endpoint, ...): cards of one set
+    #: agree on the model, not on sizing
+    runtime_configs: dict[int, RuntimeConfig] = field(default_factory=dict)
     client: Client | None = None
     engine: Any = None
     created: int = field(default_factory=lambda: int(time.time()))
@@ -142,6 +145,7 @@ class ModelManager:
                 logger.info("model %r added (namespace %s, %s)", card.name, entry.namespace,
                             ",".join(card.model_type))
             ws.instances.add(entry.instance_id)
+            ws.runtime_configs[entry.instance_id] = card.runtime_config
             self._by_key[key] = (card.name, set_key, entry.instance_id)
 
     async def _on_delete(self, key: str) -> None:
@@ -155,6 +159,7 @@ class ModelManager:
             if ws is None:
                 return
             ws.instances.discard(iid)
+            ws.runtime_configs.pop(iid, None)
             if not ws.instances:
                 del sets[set_key]
                 await _close_engine(ws.engine)
@@ -202,6 +207,11 @@ class ModelManager:
         if len(usable) == 1:
             return usable[0]
         return random.choices(usable, weights=[len(ws.instances) for ws in usable])[0]
+
+    def prefill_set(self, ws: WorkerSet) -> WorkerSet | None:
+        """The prefill workers serving ``ws``'s model in its namespace, if any are registered."""
+        found = self.sets.get(ws.model, {}).get(f"{ws.namespace}:prefill")
+        return found if found is not None and found.instances else None
 
     def all_sets(self) -> list[WorkerSet]:
         return [ws for sets in self.sets.values() for ws in sets.values()]

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 #: how long a decode worker waits for its room before computing the prompt itself
 WAIT_SECS = 60.0
+#: the prefill request is dispatched before the decode request, so it normally arrives first; a room
+#: no prefill request has claimed within this long never will be (it went to a worker that was leaving)
+ANNOUNCE_SECS = 5.0
 #: a completed room nobody claimed (its decode request was cancelled) is forgotten after this long
 ROOM_TTL_SECS = 120.0
 MAX_LINE = 1024
@@ -44,14 +47,17 @@ class BootstrapServer:
     """The prefill worker's side: rooms keyed by ``bootstrap_room``, served on one TCP port."""
 
     def __init__(self, host: str, port: int, *, wait_secs: float = WAIT_SECS,
-                 room_ttl_secs: float = ROOM_TTL_SECS) -> None:
+                 announce_secs: float = ANNOUNCE_SECS, room_ttl_secs: float = ROOM_TTL_SECS) -> None:
         self.host = host
         self.port = port
         self.wait_secs = wait_secs
+        self.announce_secs = announce_secs
         self.room_ttl_secs = room_ttl_secs
         self.rooms: dict[int, Room] = {}
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.closing = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_LINE)
@@ -59,15 +65,24 @@ class BootstrapServer:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def close(self) -> None:
+        """Answer every waiting decode worker "failed" (they prefill locally), then stop listening."""
+        self.closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for room in self.rooms.values():
+            room.done.set()
+        self.rooms.clear()
         if self._server is not None:
             self._server.close()
+            # Let the waiters send their answers; then drop whatever connection is left.
+            for _ in range(100):
+                if not self._writers:
+                    break
+                await asyncio.sleep(0.01)
+            for writer in list(self._writers):
+                writer.close()
             with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-        for room in self.rooms.values():
-            room.done.set()  # waiters answer "failed": their decode workers prefill locally
-        self.rooms.clear()
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
     def _room(self, room_id: int) -> Room:
         room = self.rooms.get(room_id)
@@ -94,6 +109,7 @@ class BootstrapServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         room_id: int | None = None
+        self._writers.add(writer)
         try:
             try:
                 line = await asyncio.wait_for(reader.readline(), 10.0)
@@ -106,11 +122,7 @@ class BootstrapServer:
                 writer.write(json.dumps(reply).encode() + b"\n")
                 return
             room = self._room(room_id)
-            try:
-                await asyncio.wait_for(room.done.wait(), self.wait_secs)
-                status = "ready" if room.ok else "failed"
-            except asyncio.TimeoutError:
-                status = "timeout"
+            status = await self._await_room(room)
             # The room is claimed (or given up on): forget it, whatever the outcome.
             if self.rooms.get(room_id) is room:
                 del self.rooms[room_id]
@@ -118,9 +130,25 @@ class BootstrapServer:
         except (ConnectionError, OSError):
             pass
         finally:
+            self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 await writer.drain()
             writer.close()
+
+    async def _await_room(self, room: Room) -> str:
+        if self.closing:
+            return "failed"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_secs
+        announce_by = loop.time() + self.announce_secs
+        while not room.done.is_set():
+            now = loop.time()
+            limit = deadline if room.expected else min(deadline, announce_by)
+            if now >= limit:
+                return "timeout"
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(room.done.wait(), min(limit - now, 0.5))
+        return "ready" if room.ok else "failed"
 
 
 async def wait_for_kv(info: BootstrapInfo, timeout: float = WAIT_SECS + 5.0) -> tuple[bool, str]:

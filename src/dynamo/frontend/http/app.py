@@ -202,18 +202,21 @@ class FrontendApp:
         start = time.perf_counter()
         # Refusals come before the gauges go up: nothing below may raise until the ``try``.
         instance_id = _direct_instance(scope)
-        if instance_id is not None and not self.direct_routing:
-            raise HttpError(403, "routing by x-worker-instance-id is disabled on this frontend (enable it with "
-                                 "--router-mode direct or --enable-direct-routing-header)", "x-worker-instance-id")
+        prefill_id = _direct_instance(scope, b"x-prefill-instance-id")
+        for header, given in (("x-worker-instance-id", instance_id), ("x-prefill-instance-id", prefill_id)):
+            if given is not None and not self.direct_routing:
+                raise HttpError(403, f"routing by {header} is disabled on this frontend (enable it with "
+                                     "--router-mode direct or --enable-direct-routing-header)", header)
         mm.inflight.inc()
         mm.queued.inc()
         queued = True
         request_type = "stream" if stream_mode else "unary"
         status, error_type = "success", ""
         decisions: list[Any] = []
-        on_decision = decisions.append if getattr(engine.router, "supports_decisions", False) else None
+        on_decision = decisions.append if engine.supports_decisions else None
         served: list[int] = []  # the instance serving the first choice (the last one, after a migration)
-        streams = [engine.choice_stream(p, instance_id, on_decision, on_instance=served.append if i == 0 else None)
+        streams = [engine.choice_stream(p, instance_id, on_decision, on_instance=served.append if i == 0 else None,
+                                        prefill_instance_id=prefill_id)
                    for i, p in enumerate(pres)]
         merged = merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
         completion_tokens = [0] * len(pres)
@@ -449,15 +452,14 @@ async def _indexed(stream: Any) -> Any:
         yield 0, item
 
 
-def _direct_instance(scope: Scope) -> int | None:
+def _direct_instance(scope: Scope, header: bytes = b"x-worker-instance-id") -> int | None:
     for name, value in scope.get("headers", ()):
-        if name == b"x-worker-instance-id":
+        if name == header:
             text = value.decode("latin-1").strip()
             try:
                 return int(text, 16) if text.lower().startswith("0x") or not text.isdigit() else int(text)
             except ValueError:
-                raise HttpError(400, f"x-worker-instance-id {text!r} is not an instance id",
-                                "x-worker-instance-id") from None
+                raise HttpError(400, f"{header.decode()} {text!r} is not an instance id", header.decode()) from None
     return None
 
 
