@@ -56,6 +56,11 @@ class VllmConfig(RuntimeConfig):
         return "prefill" if self.is_prefill_worker else "backend"
 
     @property
+    def role(self) -> str:
+        """``aggregated``, ``prefill`` or ``decode``."""
+        return "prefill" if self.is_prefill_worker else "decode" if self.is_decode_worker else "aggregated"
+
+    @property
     def endpoint_url(self) -> str:
         return self.endpoint or f"dyn://{self.namespace}.{self.component}.generate"
 
@@ -83,8 +88,6 @@ class VllmConfig(RuntimeConfig):
         # Parsed and validated above so that scripts fail the same way once these land; serving them
         # needs pieces this worker does not have yet.
         unbuilt = [
-            (self.is_prefill_worker or self.is_decode_worker,
-             "disaggregated prefill/decode with vLLM is not available yet; run aggregated workers"),
             (self.use_vllm_tokenizer,
              "--use-vllm-tokenizer is not available yet; the frontend tokenizes with the model's tokenizer"),
             (self.enable_multimodal or bool(roles) or self.vllm_native_encoder_worker,
@@ -184,7 +187,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[VllmConfig, Any]:
         engine_args = AsyncEngineArgs.from_cli_args(ns)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid vLLM engine argument: {exc}") from None
+    check_kv_transfer(config, engine_args)
     return config, engine_args
+
+
+#: what --kv-transfer-config looks like for the connector known to move KV on vLLM's CPU platform
+EXAMPLE_KV_TRANSFER = ('{"kv_connector": "ExampleConnector", "kv_role": "kv_both", '
+                       '"kv_connector_extra_config": {"shared_storage_path": "/some/shared/dir"}}')
+
+
+def check_kv_transfer(config: VllmConfig, engine_args: Any) -> None:
+    """A prefill or decode worker moves KV through a vLLM KV connector, which it must be given."""
+    if config.role == "aggregated":
+        return
+    cfg = engine_args.kv_transfer_config
+    if cfg is None or not getattr(cfg, "kv_connector", None):
+        raise ConfigError(f"--is-{config.role}-worker needs a KV connector to move the KV cache between "
+                          f"workers: add --kv-transfer-config '{EXAMPLE_KV_TRANSFER}' (or NixlConnector on GPUs)")
 
 
 def kv_events_source(engine_args: Any) -> str | None:

@@ -27,7 +27,7 @@ class VllmHandler:
     ``EngineShutdown``, which the frontend may migrate to another worker.
     """
 
-    def __init__(self, engine: Any, *, data_parallel_size: int = 1) -> None:
+    def __init__(self, engine: Any, *, data_parallel_size: int = 1, role: str = "aggregated") -> None:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError, VLLMNotFoundError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -35,6 +35,9 @@ class VllmHandler:
 
         self.engine = engine
         self.dp_size = data_parallel_size
+        #: ``prefill`` workers compute the prompt (one token) and hand its KV to a decode worker through
+        #: the engine's KV connector; ``decode`` workers take requests carrying that handoff
+        self.role = role
         self._SamplingParams = SamplingParams
         self._Structured = StructuredOutputsParams
         self._delta = RequestOutputKind.DELTA
@@ -52,9 +55,26 @@ class VllmHandler:
         try:
             if guided is not None:
                 kw["structured_outputs"] = self._Structured(**guided)
+            transfer = self._kv_transfer_params(request)
+            if transfer is not None:
+                kw["extra_args"] = {**(kw.get("extra_args") or {}), "kv_transfer_params": transfer}
+            if self.role == "prefill":
+                kw["max_tokens"], kw["min_tokens"] = 1, 0
             return self._SamplingParams(output_kind=self._delta, **kw)
         except (TypeError, ValueError) as exc:
             raise errors.InvalidArgument(f"invalid sampling options: {exc}") from None
+
+    def _kv_transfer_params(self, request: PreprocessedRequest) -> dict[str, Any] | None:
+        """What the engine's KV connector needs (vLLM's ``kv_transfer_params`` protocol): a prefill asks
+        for its KV to be kept for a remote decode; a decode passes on what its prefill returned.
+        Connectors that find KV by content (the shared-storage example connector) ignore both."""
+        if self.role == "prefill":
+            return {"do_remote_decode": True}
+        result = request.prefill_result
+        if result is not None and isinstance(result.disaggregated_params, dict):
+            params = result.disaggregated_params.get("kv_transfer_params")
+            return params if isinstance(params, dict) else None
+        return None
 
     async def generate(self, request: PreprocessedRequest, ctx: Any) -> AsyncIterator[LLMEngineOutput]:
         params = self.sampling_params(request)
@@ -96,6 +116,9 @@ class VllmHandler:
                     item.completion_usage = CompletionUsage(
                         prompt_tokens=prompt_len, completion_tokens=generated,
                         total_tokens=prompt_len + generated, cached_tokens=cached)
+                    if self.role == "prefill":
+                        # Never None, so the frontend can tell a finished prefill from a lost one.
+                        item.disaggregated_params = {"kv_transfer_params": getattr(out, "kv_transfer_params", None)}
                 yield item
         except self._dead as exc:
             raise errors.EngineShutdown(f"vLLM engine died: {exc}") from None

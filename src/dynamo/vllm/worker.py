@@ -43,7 +43,7 @@ def engine_card(config: VllmConfig, vllm_config: Any) -> ModelDeploymentCard:
         mc.tokenizer or mc.model, served_name(vllm_config),
         context_length=mc.max_model_len,
         kv_cache_block_size=cc.block_size,
-        model_type=config.endpoint_type_list,
+        model_type=["prefill"] if config.role == "prefill" else config.endpoint_type_list,
         migration_limit=config.migration_limit,
         chat_template=config.custom_jinja_template,
         runtime_config=CardRuntimeConfig(
@@ -156,13 +156,13 @@ async def serve(config: VllmConfig, engine_args: Any) -> int:
         if bridge is not None:
             bridge.worker_id, bridge.publish, bridge.block_size = iid, publisher.kv_event, card.kv_cache_block_size
             bridge.start()
-        handler = VllmHandler(engine, data_parallel_size=card.runtime_config.data_parallel_size)
+        handler = VllmHandler(engine, data_parallel_size=card.runtime_config.data_parallel_size, role=config.role)
         await endpoint.start_serving(handler.generate, request_type=PreprocessedRequest, instance_id=iid)
         dump_ep = runtime.namespace(endpoint.namespace).component(endpoint.component).endpoint(KV_DUMP_ENDPOINT)
         await dump_ep.start_serving(publisher.kv_dump, instance_id=iid)
         await register_llm(endpoint, card, iid)
-        logger.info("vLLM worker %x serving %r on %s (ready in %.1f s; block size %d, %s KV blocks, "
-                    "max_model_len %d, KV events %s)", iid, card.name, endpoint.url, time.monotonic() - started,
+        logger.info("vLLM %sworker %x serving %r on %s (ready in %.1f s; block size %d, %s KV blocks, "
+                    "max_model_len %d, KV events %s)", "" if config.role == "aggregated" else config.role + " ", iid, card.name, endpoint.url, time.monotonic() - started,
                     card.kv_cache_block_size, card.runtime_config.total_kv_blocks, card.context_length,
                     bridge.endpoint if bridge is not None else "off")
         watcher = asyncio.get_running_loop().create_task(watch_engine(engine, runtime, state))
