@@ -43,9 +43,9 @@ OFFLOAD_CHARS = 16_000
 #: with this many requests in flight, every request is preprocessed on the pool (below it the thread
 #: hop would only add latency)
 OFFLOAD_INFLIGHT = 16
-#: Preprocessing threads. The Rust tokenizer releases the GIL while it encodes, so several threads
-#: tokenize long prompts on several cores at once, and one long prompt no longer queues behind
-#: another. Jinja templating is pure Python and holds the GIL: offloading it adds no throughput, but
+#: Preprocessing threads. The tokenizer releases the GIL while it encodes a long text (it goes through
+#: the batch API for that: ``Tokenizer.encode``), so several threads tokenize long prompts on several
+#: cores at once, and one long prompt no longer queues behind another. Jinja templating is pure Python and holds the GIL: offloading it adds no throughput, but
 #: the loop thread gets the GIL back every switch interval (5 ms), so one huge render cannot stall
 #: every other stream for its whole duration.
 #: ``DYN_PREPROCESS_THREADS`` overrides the default of 4 (also on a small host: a second long prompt
