@@ -238,6 +238,18 @@ def test_direct_prefill_instance_header(client_for) -> None:
                 model=MODEL, prompt=tokens(random.Random(target % 1000), 50), max_tokens=2,
                 extra_headers={"x-prefill-instance-id": str(target)})
             assert json.loads(raw.headers["x-dynamo-routing"])["prefill"]["worker_id"] == target
+        # Query only: both choices come back and nothing runs.
+        before = metric(dep.url, "dynamo_frontend_disagg_prefills_total")
+        for stream in (False, True):
+            r = httpx.post(dep.url + "/v1/completions", timeout=30, json={
+                "model": MODEL, "prompt": "where would this go", "max_tokens": 4, "stream": stream,
+                "nvext": {"annotations": ["query_instance_id"]}})
+            assert r.status_code == 200, r.text
+            body = json.loads(r.text.split("data: ")[1]) if stream else r.json()
+            choice = body["nvext"]["worker_id"]
+            assert choice["prefill_worker_id"] in ids and choice["decode_worker_id"] in instances(dep, "backend")
+            assert body["choices"] == []
+        assert metric(dep.url, "dynamo_frontend_disagg_prefills_total") == before
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model=MODEL, prompt="hi", max_tokens=2,
                                       extra_headers={"x-prefill-instance-id": "12345"})

@@ -97,7 +97,6 @@ def test_logprobs_keep_the_sampled_token_out_of_the_top_k() -> None:
     ({"stage_configs_path": "x.yaml"}, "only valid with --omni"),
     ({"ec_extra_config": "{nope"}, "not valid JSON"),
     ({"migration_limit": 1024}, "[0, 1023]"),
-    ({"is_prefill_worker": True}, "not available yet"),
     ({"use_vllm_tokenizer": True}, "not available yet"),
     ({"omni": True}, "not available yet"),
 ])
@@ -112,4 +111,7 @@ def test_flag_validation(fields: dict, message: str) -> None:
 def test_default_config_is_valid_and_names_its_endpoint() -> None:
     config = VllmConfig()
     config.validate()
-    assert config.endpoint_url == "dyn://dynamo.backend.generate"
+    assert config.endpoint_url == "dyn://dynamo.backend.generate" and config.role == "aggregated"
+    config.is_prefill_worker = True
+    config.validate()
+    assert config.endpoint_url == "dyn://dynamo.prefill.generate" and config.role == "prefill"

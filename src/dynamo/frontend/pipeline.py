@@ -188,6 +188,21 @@ class ModelEngine:
 
     # -- engine stream with migration ---------------------------------------------------------------
 
+    def query_instances(self, request: PreprocessedRequest) -> dict[str, Any]:
+        """Where ``request`` would go now, booking nothing: ``decode_worker_id`` and, when this model is
+        disaggregated, ``prefill_worker_id`` (None for a local or aggregated prefill, with the reason)."""
+        decide = getattr(self.router, "decide", None)
+        lora = request.routing.lora_name if request.routing is not None else None
+        if decide is not None:
+            sel, _, _ = decide(request.token_ids, lora)
+            out: dict[str, Any] = {"decode_worker_id": sel.worker_id, "dp_rank": sel.dp_rank,
+                                   "overlap_blocks": sel.overlap_blocks}
+        else:
+            out = {"decode_worker_id": self.router.select()}
+        if self.prefill is not None and self.prefill.engaged():
+            out.update(self.prefill.query(request, self.router))
+        return out
+
     async def _dispatch(self, request: PreprocessedRequest, headers: dict[str, str] | None,
                         instance_id: int | None, on_decision: Any, prefill_instance_id: int | None,
                         ) -> tuple[int, Any]:

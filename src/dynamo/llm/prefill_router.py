@@ -210,6 +210,21 @@ class PrefillRouter:
                 outcome = PrefillOutcome("aggregated", "every prefill worker failed", retries=len(tried))
                 return self._done(request, outcome)
 
+    def query(self, request: PreprocessedRequest, decode_router: Any) -> dict[str, Any]:
+        """The prefill choice :meth:`route` would make now, without dispatching anything."""
+        pool = self.pool()
+        if pool is None:
+            return {"prefill_worker_id": None, "prefill": {"mode": "aggregated", "reason": "no prefill workers"}}
+        if self.conditional.enabled:
+            local, why = self._prefill_locally(request, pool, decode_router)
+            if local:
+                return {"prefill_worker_id": None, "prefill": {"mode": "local", "reason": why}}
+        wid, overlap = pool.select(request, set())
+        info: dict[str, Any] = {"mode": "remote", "worker_id": wid}
+        if overlap is not None:
+            info["overlap_blocks"] = overlap
+        return {"prefill_worker_id": wid, "prefill": info}
+
     def _done(self, request: PreprocessedRequest, outcome: PrefillOutcome,
               ) -> tuple[PreprocessedRequest, PrefillOutcome]:
         self.metrics.on_outcome(outcome)

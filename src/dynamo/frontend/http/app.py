@@ -40,6 +40,8 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                (b"connection", b"keep-alive")]
 DONE = b"data: [DONE]\n\n"
+#: the ``nvext.annotations`` entry that asks where a request would be routed, without running it
+QUERY_ONLY = "query_instance_id"
 
 
 def body_limit_from_env() -> int:
@@ -191,6 +193,9 @@ class FrontendApp:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, engine: ModelEngine, endpoint: str,
                      req: Any, pres: list[Any], *, chat: bool, rid: str) -> None:
+        if QUERY_ONLY in pres[0].request.annotations:
+            await self._query_only(send, engine, req, pres[0], chat=chat, rid=rid)
+            return
         m = self.metrics
         model = engine.model
         mm = m.for_model(model)
@@ -431,6 +436,22 @@ class FrontendApp:
         scheme, _, token = presented.partition(b" ")
         if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.admin_token.encode()):
             raise HttpError(401, "this route needs 'Authorization: Bearer <admin token>'")
+
+
+    async def _query_only(self, send: Send, engine: ModelEngine, req: Any, pre: Any, *, chat: bool,
+                          rid: str) -> None:
+        """``nvext.annotations: ["query_instance_id"]``: say where the request would go (decode worker,
+        and prefill worker when disaggregated), without running it or booking any load."""
+        choice = engine.query_instances(pre.request)
+        body = {"id": oai.chat_completion_id(rid) if chat else oai.completion_id(rid),
+                "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                "model": engine.model, "choices": [], "nvext": {"worker_id": choice}}
+        if req.stream:
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(body) + b"\n\n" + DONE,
+                        "more_body": False})
+        else:
+            await send_json(send, 200, body)
 
 
 def _served_header(served: list[int]) -> list[tuple[bytes, bytes]]:
