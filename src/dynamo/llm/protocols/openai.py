@@ -431,6 +431,14 @@ def completion_id(request_id: str) -> str:
     return f"cmpl-{request_id}"
 
 
+def openai_finish_reason(reason: str) -> str:
+    """Engine/stop-checker finish reasons onto the ones OpenAI clients know (stop, length,
+    content_filter, tool_calls); a cancelled choice reads as stopped."""
+    if reason in ("eos", "stop", "cancelled", "abort"):
+        return "stop"
+    return reason
+
+
 def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
     usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
