@@ -8,6 +8,8 @@ Unknown top-level fields are ignored, as the OpenAI API does.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -100,6 +102,15 @@ class JsonSchemaFormat(_Lenient):
 class ResponseFormat(_Lenient):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema":
+            if self.json_schema is None or self.json_schema.schema_ is None:
+                raise _ParamError("response_format.json_schema",
+                                  "response_format of type json_schema needs json_schema.schema")
+            _check_json_schema("response_format.json_schema.schema", self.json_schema.schema_)
+        return self
 
 
 class StreamOptions(_Lenient):
@@ -204,6 +215,9 @@ class _CommonRequest(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> _CommonRequest:
+        _check_guided(self)
+        if self.nvext is not None:
+            _check_guided(self.nvext, "nvext.")
         if self.stream_options is not None and not self.stream:
             raise _ParamError("stream_options", "stream_options can only be set when stream is true")
         limit = self.effective_max_tokens
@@ -277,6 +291,56 @@ class ChatCompletionRequest(_CommonRequest):
         return "function"
 
 
+GUIDED_KINDS = ("json", "regex", "choice", "grammar")
+
+
+def _check_json_schema(param: str, schema: Any) -> None:
+    """A JSON schema the engine can compile, or a 400 naming what is wrong with it."""
+    if not isinstance(schema, (dict, bool)):
+        raise _ParamError(param, f"{param} must be a JSON schema object, got {type(schema).__name__}")
+    # Imported here: only structured-output requests pay for it.
+    from jsonschema import SchemaError, validators
+
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path)
+        raise _ParamError(param, f"{param} is not a valid JSON schema: {exc.message}"
+                                 + (f" (at {where})" if where else "")) from None
+
+
+def _check_guided(src: Any, prefix: str = "") -> None:
+    """The ``guided_*`` options (top level or ``nvext``): at most one kind, each well formed. A JSON
+    schema given as a string is parsed in place, so the engine always receives an object."""
+    given = [k for k in GUIDED_KINDS if getattr(src, f"guided_{k}", None) is not None]
+    if len(given) > 1:
+        raise _ParamError(f"{prefix}guided_{given[1]}",
+                          f"only one of {', '.join(prefix + 'guided_' + k for k in given)} may be given")
+    if not given:
+        return
+    kind = given[0]
+    param = f"{prefix}guided_{kind}"
+    value = getattr(src, param.rsplit(".", 1)[-1])
+    if kind == "json":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise _ParamError(param, f"{param} is a string but not JSON: {exc}") from None
+            src.guided_json = value
+        _check_json_schema(param, value)
+    elif kind == "regex":
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise _ParamError(param, f"{param} is not a valid regular expression: {exc}") from None
+    elif kind == "choice":
+        if not value or any(not isinstance(c, str) or not c for c in value):
+            raise _ParamError(param, f"{param} must be a non-empty list of non-empty strings")
+    elif not value.strip():
+        raise _ParamError(param, f"{param} must not be empty")
+
+
 def _check_tools(tools: list[Tool] | None, tool_choice: str | NamedToolChoice | None) -> None:
     """Each tool's ``parameters`` must be a JSON schema, and a tool choice other than none/auto must name
     an offered tool (OpenAI answers both with a 400)."""
@@ -284,14 +348,7 @@ def _check_tools(tools: list[Tool] | None, tool_choice: str | NamedToolChoice | 
         params = tool.function.parameters
         if params is None:
             continue
-        # Imported here: only requests with tools pay for it.
-        from jsonschema import SchemaError, validators
-
-        try:
-            validators.validator_for(params).check_schema(params)
-        except SchemaError as exc:
-            raise _ParamError(f"tools[{i}].function.parameters",
-                              f"tools[{i}].function.parameters is not a valid JSON schema: {exc.message}") from None
+        _check_json_schema(f"tools[{i}].function.parameters", params)
     if tool_choice is None or tool_choice in ("none", "auto"):
         return
     if not tools:
