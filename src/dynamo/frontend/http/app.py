@@ -24,10 +24,12 @@ from pydantic import ValidationError
 from dynamo.frontend.http import errors as http_errors
 from dynamo.frontend.http import writers
 from dynamo.frontend.http.errors import HttpError
+from dynamo.frontend.http.responses_writer import ResponsesStreamWriter, ResponsesUnaryWriter
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.pipeline import ModelEngine, merge_streams
 from dynamo.llm.model_manager import ModelManager
 from dynamo.llm.protocols import openai as oai
+from dynamo.llm.protocols import responses as oai_responses
 from dynamo.runtime import errors, tasks
 
 logger = logging.getLogger("dynamo.frontend")
@@ -104,6 +106,7 @@ class FrontendApp:
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("POST", "/v1/completions"): self.completions,
+            ("POST", "/v1/responses"): self.responses,
             ("POST", "/v1/embeddings"): self.embeddings,
             ("GET", "/v1/models"): self.models,
             ("GET", "/health"): self.health,
@@ -191,6 +194,20 @@ class FrontendApp:
         writer = (writers.CompletionStreamWriter if req.stream else writers.CompletionUnaryWriter)(
             engine, req, rid, len(choices), int(time.time()))
         await self._serve(scope, receive, send, engine, "completions", req, choices, writer)
+
+    async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """OpenAI Responses API on the chat pipeline (served wherever a chat model is)."""
+        raw = await read_body(receive, self.body_limit, scope)
+        if not self.manager.has_type("chat"):
+            raise HttpError(404, "no chat model is registered yet")
+        rreq = _parse(oai_responses.ResponsesRequest, raw)
+        req = rreq.to_chat()
+        engine = self._engine(req.model, "chat")
+        rid = uuid.uuid4().hex
+        pre = await engine.preprocess_chat(req, rid)
+        writer = (ResponsesStreamWriter if req.stream else ResponsesUnaryWriter)(
+            engine, req, rreq, rid, int(time.time()))
+        await self._serve(scope, receive, send, engine, "responses", req, [pre], writer)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, engine: ModelEngine, endpoint: str,
                      req: Any, pres: list[Any], writer: writers.ResponseWriter) -> None:

@@ -418,6 +418,10 @@ class _ParamError(ValueError):
         self.message = message
 
 
+#: for sibling request models (the Responses API) that name their own parameters
+ParamError = _ParamError
+
+
 # --------------------------------------------------------------------------------------------------
 # Validation errors -> (message, param)
 # --------------------------------------------------------------------------------------------------
