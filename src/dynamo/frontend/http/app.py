@@ -147,8 +147,10 @@ class FrontendApp:
         route = self._routes.get((scope["method"], scope["path"]))
         try:
             if route is None:
-                if any(path == scope["path"] for _, path in self._routes):
-                    raise HttpError(405, f"method {scope['method']} not allowed on {scope['path']}")
+                allowed = sorted(method for method, path in self._routes if path == scope["path"])
+                if allowed:
+                    raise HttpError(405, f"method {scope['method']} not allowed on {scope['path']}",
+                                    headers=[(b"allow", ", ".join(allowed).encode())])
                 raise HttpError(404, f"no route for {scope['path']}")
             await route(scope, receive, send)
         except ClientDisconnected:
@@ -158,7 +160,7 @@ class FrontendApp:
             if err.status >= 500 and not isinstance(exc, (HttpError, errors.DynamoError)):
                 logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             with contextlib.suppress(Exception):
-                await send_json(send, err.status, http_errors.json_bytes(err))
+                await send_json(send, err.status, http_errors.json_bytes(err), JSON_HEADERS + err.headers)
 
     # -- OpenAI routes --------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -29,6 +29,15 @@ MAX_STOP_SEQUENCE_CHARS = 1024
 MAX_TOOLS = 1536
 MAX_FUNCTION_NAME_LEN = 96
 LOGIT_BIAS_RANGE = 100.0
+#: integers travel to workers as msgpack, which has 64 bits: a bigger one is a 400, not an encoder crash
+I64_MAX = 2**63 - 1
+I64_MIN = -(2**63)
+U64_MAX = 2**64 - 1
+
+Int64 = Annotated[int, Field(ge=I64_MIN, le=I64_MAX)]
+NonNegInt64 = Annotated[int, Field(ge=0, le=I64_MAX)]
+#: worker instance ids are u64
+InstanceId = Annotated[int, Field(ge=0, le=U64_MAX)]
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
 
@@ -47,6 +56,13 @@ class ContentPart(_Lenient):
 class FunctionCall(_Lenient):
     name: str | None = None
     arguments: str | dict[str, Any] | None = None
+
+    @field_validator("arguments")
+    @classmethod
+    def _arguments_fit(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(v, dict):
+            _check_json_ints(v)
+        return v
 
 
 class ToolCall(_Lenient):
@@ -119,8 +135,8 @@ class StreamOptions(_Lenient):
 
 
 class AgentHints(_Lenient):
-    priority: int | None = None
-    osl: int | None = Field(default=None, ge=0)
+    priority: Int64 | None = None
+    osl: NonNegInt64 | None = None
     latency_sensitivity: float | None = None
     speculative_prefill: bool | None = None
 
@@ -131,11 +147,11 @@ class NvExt(_Lenient):
     ignore_eos: bool | None = None
     use_raw_prompt: bool | None = None
     annotations: list[str] | None = None
-    backend_instance_id: int | None = None
-    prefill_worker_id: int | None = None
-    decode_worker_id: int | None = None
-    dp_rank: int | None = None
-    prefill_dp_rank: int | None = None
+    backend_instance_id: InstanceId | None = None
+    prefill_worker_id: InstanceId | None = None
+    decode_worker_id: InstanceId | None = None
+    dp_rank: NonNegInt64 | None = None
+    prefill_dp_rank: NonNegInt64 | None = None
     agent_hints: AgentHints | None = None
     guided_json: Any = None
     guided_regex: str | None = None
@@ -153,7 +169,7 @@ class _CommonRequest(BaseModel):
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=I64_MAX)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     n: int | None = Field(default=None, ge=1, le=MAX_N)
@@ -161,20 +177,20 @@ class _CommonRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     user: str | None = None
     best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF)
     # vLLM-style extensions
-    top_k: int | None = None
+    top_k: Int64 | None = None
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, ge=0.0, le=2.0)
     length_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     use_beam_search: bool | None = None
-    min_tokens: int | None = Field(default=None, ge=0)
+    min_tokens: NonNegInt64 | None = None
     ignore_eos: bool | None = None
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[NonNegInt64] | None = None
     prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     guided_json: Any = None
     guided_regex: str | None = None
@@ -249,7 +265,7 @@ class ChatCompletionRequest(_CommonRequest):
     tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=I64_MAX)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     chat_template_kwargs: dict[str, Any] | None = None
@@ -294,10 +310,27 @@ class ChatCompletionRequest(_CommonRequest):
 GUIDED_KINDS = ("json", "regex", "choice", "grammar")
 
 
+def _check_json_ints(value: Any) -> None:
+    """Free-form JSON bound for a worker (msgpack) or a JSON encoder with 64-bit integers (orjson)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, int) and not I64_MIN <= v <= U64_MAX:
+            raise ValueError(f"integers must fit in 64 bits, got {v}")
+
+
 def _check_json_schema(param: str, schema: Any) -> None:
     """A JSON schema the engine can compile, or a 400 naming what is wrong with it."""
     if not isinstance(schema, (dict, bool)):
         raise _ParamError(param, f"{param} must be a JSON schema object, got {type(schema).__name__}")
+    try:
+        _check_json_ints(schema)
+    except ValueError as exc:
+        raise _ParamError(param, f"{param}: {exc}") from None
     # Imported here: only structured-output requests pay for it.
     from jsonschema import SchemaError, validators
 
