@@ -80,3 +80,22 @@ def test_valid_options_reach_the_engine_as_one_spec(pp: OpenAIPreprocessor, body
     assert request.sampling_options.guided_decoding == spec
     # ... in a form the vLLM worker accepts
     assert sampling.guided_decoding(request) == spec
+
+
+def test_a_schema_seen_again_is_not_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jsonschema import validators
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 7}}}
+    body = chat(tools=[{"type": "function", "function": {"name": "f", "parameters": schema}}])
+    ChatCompletionRequest.model_validate(body)
+    calls = []
+    real = validators.validator_for
+    monkeypatch.setattr(validators, "validator_for", lambda s, *a, **kw: calls.append(s) or real(s, *a, **kw))
+    ChatCompletionRequest.model_validate(body)  # remembered (key order does not matter)
+    ChatCompletionRequest.model_validate(chat(guided_json=dict(reversed(schema.items()))))
+    assert calls == []
+    bad = {"type": "object", "properties": {"n": {"type": "integer", "minimum": "7"}}}
+    for _ in range(2):  # an invalid schema is never remembered
+        with pytest.raises(ValidationError):
+            ChatCompletionRequest.model_validate(chat(guided_json=bad))
+    assert sum(c == bad for c in calls) == 2
