@@ -22,6 +22,7 @@ from dynamo.frontend.tool_call_output import ChoiceToolCalls, check_tool_call_pa
 from dynamo.kv_router.protocols import ActiveLoad
 from dynamo.llm.busy import BusyMonitor, BusyThresholds
 from dynamo.llm.model_manager import WorkerSet
+from dynamo.llm.postprocessor.logprobs import TokenLogprobs
 from dynamo.llm.postprocessor.parsers.reasoning import (
     ReasoningParser,
     check_reasoning_parser,
@@ -308,6 +309,8 @@ class ModelEngine:
                 res = checker.process_output(out)
                 if res.finish_reason is None and out.finish_reason is not None:
                     res.finish_reason = out.finish_reason
+                if out.log_probs is not None:
+                    res.logprobs = TokenLogprobs.accepted(out, res.num_tokens)
                 usage = out.completion_usage
                 if usage is not None and usage.cached_tokens is not None:
                     res.cached_tokens = usage.cached_tokens

@@ -116,7 +116,12 @@ def stream_delta(state: ChoiceToolCalls | None, delta: dict[str, Any] | None, fi
     if state is None or delta is None:
         return delta, finish_reason
     final = finish_reason is not None
-    parsed = state.step(delta.get("content") or "", final)
+    text = delta.get("content")
+    if not text and not final:
+        # nothing for the parser (a role or reasoning delta): it goes out as it is (deltas hold only
+        # role/content/reasoning_content/tool_calls, so an empty one is nothing to send)
+        return (delta, None) if delta else (None, None)
+    parsed = state.step(text or "", final)
     if parsed.content:
         delta["content"] = parsed.content
     elif delta.get("content"):
@@ -126,7 +131,7 @@ def stream_delta(state: ChoiceToolCalls | None, delta: dict[str, Any] | None, fi
         state.sent += len(parsed.calls)
         if delta.get("content") == "":
             del delta["content"]
-    if not final and not any(k in delta for k in ("role", "content", "reasoning_content", "tool_calls")):
+    if not final and not delta:
         return None, None
     return delta, _finish(state, finish_reason)
 

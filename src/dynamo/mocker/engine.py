@@ -19,6 +19,7 @@ from dynamo.kv_router.protocols import RouterEvent
 from dynamo.llm.protocols.engine import CompletionUsage, LLMEngineOutput, PreprocessedRequest
 from dynamo.mocker.args import MockEngineArgs
 from dynamo.mocker.bootstrap import BootstrapServer, wait_for_kv
+from dynamo.mocker.logprobs import token_logprobs
 from dynamo.mocker.perf_model import load_perf_model
 from dynamo.mocker.scheduler import PassResult, Scheduler
 from dynamo.runtime import errors
@@ -214,6 +215,8 @@ class MockerEngine:
         sent = 0
         prompt_len = len(request.token_ids)
         handed_off = False
+        # None: the client did not ask for logprobs; 0: only the sampled token's
+        num_logprobs = request.output_options.logprobs
         try:
             while True:
                 if not stream.tokens and not stream.done:
@@ -228,6 +231,9 @@ class MockerEngine:
                     yield LLMEngineOutput(finish_reason="cancelled")
                     return
                 tokens, stream.tokens = stream.tokens, []
+                out = LLMEngineOutput(token_ids=tokens)
+                if num_logprobs is not None and tokens:
+                    out.log_probs, out.top_logprobs = token_logprobs(tokens, sent, num_logprobs)
                 sent += len(tokens)
                 if stream.done:
                     cached = stream.cached_tokens
@@ -244,11 +250,13 @@ class MockerEngine:
                         handed_off = True
                         params = {"mocker": {"worker_id": f"{self.worker_id:x}", "prompt_tokens": prompt_len,
                                              "cached_tokens": cached}}
-                    yield LLMEngineOutput(token_ids=tokens, finish_reason="length", completion_usage=usage,
-                                          disaggregated_params=params)
+                    out.finish_reason = "length"
+                    out.completion_usage = usage
+                    out.disaggregated_params = params
+                    yield out
                     return
                 if tokens:
-                    yield LLMEngineOutput(token_ids=tokens)
+                    yield out
         finally:
             if room is not None and self.bootstrap is not None and not handed_off:
                 self.bootstrap.complete(room, ok=False)  # the decode side prefills locally

@@ -21,13 +21,15 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from dynamo.frontend import reasoning, tool_call_output
 from dynamo.frontend.http import errors as http_errors
+from dynamo.frontend.http import writers
 from dynamo.frontend.http.errors import HttpError
+from dynamo.frontend.http.responses_writer import ResponsesStreamWriter, ResponsesUnaryWriter
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.pipeline import ModelEngine, merge_streams
 from dynamo.llm.model_manager import ModelManager
 from dynamo.llm.protocols import openai as oai
+from dynamo.llm.protocols import responses as oai_responses
 from dynamo.runtime import errors, tasks
 
 logger = logging.getLogger("dynamo.frontend")
@@ -39,7 +41,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                (b"connection", b"keep-alive")]
-DONE = b"data: [DONE]\n\n"
 #: the ``nvext.annotations`` entry that asks where a request would be routed, without running it
 QUERY_ONLY = "query_instance_id"
 
@@ -107,6 +108,7 @@ class FrontendApp:
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("POST", "/v1/completions"): self.completions,
+            ("POST", "/v1/responses"): self.responses,
             ("POST", "/v1/embeddings"): self.embeddings,
             ("GET", "/v1/models"): self.models,
             ("GET", "/health"): self.health,
@@ -147,8 +149,10 @@ class FrontendApp:
         route = self._routes.get((scope["method"], scope["path"]))
         try:
             if route is None:
-                if any(path == scope["path"] for _, path in self._routes):
-                    raise HttpError(405, f"method {scope['method']} not allowed on {scope['path']}")
+                allowed = sorted(method for method, path in self._routes if path == scope["path"])
+                if allowed:
+                    raise HttpError(405, f"method {scope['method']} not allowed on {scope['path']}",
+                                    headers=[(b"allow", ", ".join(allowed).encode())])
                 raise HttpError(404, f"no route for {scope['path']}")
             await route(scope, receive, send)
         except ClientDisconnected:
@@ -158,7 +162,7 @@ class FrontendApp:
             if err.status >= 500 and not isinstance(exc, (HttpError, errors.DynamoError)):
                 logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             with contextlib.suppress(Exception):
-                await send_json(send, err.status, http_errors.json_bytes(err))
+                await send_json(send, err.status, http_errors.json_bytes(err), JSON_HEADERS + err.headers)
 
     # -- OpenAI routes --------------------------------------------------------------------------
 
@@ -177,7 +181,9 @@ class FrontendApp:
         rid = uuid.uuid4().hex
         pre = await engine.preprocess_chat(req, rid)
         n = req.n or 1
-        await self._serve(scope, receive, send, engine, "chat_completions", req, [pre] * n, chat=True, rid=rid)
+        writer = (writers.ChatStreamWriter if req.stream else writers.ChatUnaryWriter)(
+            engine, req, rid, n, int(time.time()))
+        await self._serve(scope, receive, send, engine, "chat_completions", req, [pre] * n, writer)
 
     async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = await read_body(receive, self.body_limit, scope)
@@ -189,20 +195,39 @@ class FrontendApp:
         pres = await engine.preprocess_completion(req, rid)
         n = req.n or 1
         choices = [p for p in pres for _ in range(n)]
-        await self._serve(scope, receive, send, engine, "completions", req, choices, chat=False, rid=rid)
+        writer = (writers.CompletionStreamWriter if req.stream else writers.CompletionUnaryWriter)(
+            engine, req, rid, len(choices), int(time.time()))
+        await self._serve(scope, receive, send, engine, "completions", req, choices, writer)
+
+    async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """OpenAI Responses API on the chat pipeline (served wherever a chat model is)."""
+        raw = await read_body(receive, self.body_limit, scope)
+        if not self.manager.has_type("chat"):
+            raise HttpError(404, "no chat model is registered yet")
+        rreq = _parse(oai_responses.ResponsesRequest, raw)
+        req = rreq.to_chat()
+        engine = self._engine(req.model, "chat")
+        rid = uuid.uuid4().hex
+        pre = await engine.preprocess_chat(req, rid)
+        writer = (ResponsesStreamWriter if req.stream else ResponsesUnaryWriter)(
+            engine, req, rreq, rid, int(time.time()))
+        await self._serve(scope, receive, send, engine, "responses", req, [pre], writer)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, engine: ModelEngine, endpoint: str,
-                     req: Any, pres: list[Any], *, chat: bool, rid: str) -> None:
-        if QUERY_ONLY in pres[0].request.annotations:
-            await self._query_only(send, engine, req, pres[0], chat=chat, rid=rid)
+                     req: Any, pres: list[Any], writer: writers.ResponseWriter) -> None:
+        """Run one request's choices through the engine and answer with ``writer``'s shape.
+
+        Owns what every endpoint shares: the gauges and counters, the routing headers, the client
+        disconnect (which stops the workers), and errors (an HTTP error before the first byte, an SSE
+        error event after it)."""
+        if pres and QUERY_ONLY in pres[0].request.annotations:
+            await self._query_only(send, engine, req, pres[0], chat=endpoint != "completions")
             return
         m = self.metrics
         model = engine.model
         mm = m.for_model(model)
-        stream_mode = bool(req.stream)
-        include_usage = stream_mode and bool(req.stream_options and req.stream_options.include_usage)
-        created = int(time.time())
-        cid = oai.chat_completion_id(rid) if chat else oai.completion_id(rid)
+        stream_mode = writer.stream
+        rid = pres[0].request.request_id if pres else ""
         prompt_tokens = sum(p.prompt_tokens for p in pres[:: (req.n or 1)])
         start = time.perf_counter()
         # Refusals come before the gauges go up: nothing below may raise until the ``try``.
@@ -225,20 +250,13 @@ class FrontendApp:
                    for i, p in enumerate(pres)]
         merged = merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
         completion_tokens = [0] * len(pres)
-        # One reasoning parser per chat choice (None: text goes out unsplit; always so for completions).
-        parsers = [engine.reasoning_parser(req) if chat else None for _ in pres]
-        # Then one tool-call parser per chat choice, on the content the reasoning split leaves.
-        tool_calls = [engine.tool_calls(req) if chat else None for _ in pres]
         cached: list[int | None] = [None] * len(pres)
         # Both modes: a client that leaves a unary request must not keep a worker generating to max_tokens.
         watch = DisconnectWatch(receive, asyncio.current_task())
+        started = False
         try:
             first = True
             last_t = start
-            texts: list[list[str]] = [[] for _ in pres]
-            finish: list[tuple[str | None, Any]] = [(None, None)] * len(pres)
-            role_sent = [False] * len(pres)
-            started = False
             async for i, res in merged:
                 if res.cached_tokens is not None:
                     cached[i] = res.cached_tokens
@@ -253,34 +271,14 @@ class FrontendApp:
                         mm.itl.observe((now - last_t) / res.num_tokens)
                     last_t = now
                     completion_tokens[i] += res.num_tokens
-                if not stream_mode:
-                    if res.text:
-                        texts[i].append(res.text)
-                    if res.finish_reason is not None:
-                        finish[i] = (_openai_finish(res.finish_reason), res.stop_reason)
+                data = writer.step(i, res)
+                if data is None:
                     continue
                 if not started:
                     await send({"type": "http.response.start", "status": 200,
                                 "headers": SSE_HEADERS + _decision_headers(decisions) + _served_header(served)})
                     started = True
-                fr = _openai_finish(res.finish_reason) if res.finish_reason is not None else None
-                if chat:
-                    role = None
-                    if not role_sent[i]:
-                        role, role_sent[i] = "assistant", True
-                    delta = reasoning.stream_delta(parsers[i], res.text, role=role, final=fr is not None)
-                    delta, fr = tool_call_output.stream_delta(tool_calls[i], delta, fr)
-                    if delta is None:
-                        continue
-                    chunk = oai.chat_chunk(cid, model, created, delta, index=i, finish_reason=fr,
-                                           stop_reason=res.stop_reason)
-                else:
-                    if not res.text and fr is None:
-                        continue
-                    chunk = oai.completion_chunk(cid, model, created, res.text, index=i, finish_reason=fr,
-                                                 stop_reason=res.stop_reason)
-                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
-                            "more_body": True})
+                await send({"type": "http.response.body", "body": data, "more_body": True})
             total = sum(completion_tokens)
             # n choices of one prompt share its cache hit: count each prompt once.
             step = req.n or 1
@@ -293,30 +291,11 @@ class FrontendApp:
                 if not started:
                     await send({"type": "http.response.start", "status": 200,
                                 "headers": SSE_HEADERS + _decision_headers(decisions) + _served_header(served)})
+                    started = True
                 watch.disarm()
-                tail = b""
-                if include_usage:
-                    uchunk = (oai.chat_usage_chunk if chat else oai.completion_usage_chunk)(cid, model, created, usage)
-                    tail = b"data: " + orjson.dumps(uchunk) + b"\n\n"
-                await send({"type": "http.response.body", "body": tail + DONE, "more_body": False})
+                await send({"type": "http.response.body", "body": writer.end(usage), "more_body": False})
             else:
-                if chat:
-                    choices = []
-                    for i in range(len(pres)):
-                        thought, content = reasoning.message_parts(parsers[i], "".join(texts[i]))
-                        content, calls, fin = tool_call_output.message_parts(tool_calls[i], content, finish[i][0])
-                        choices.append(oai.chat_choice(i, content, fin, reasoning_content=thought,
-                                                       tool_calls=calls, stop_reason=finish[i][1]))
-                    payload = oai.chat_completion(cid, model, created, choices, usage)
-                else:
-                    choices = []
-                    for i in range(len(pres)):
-                        c: dict[str, Any] = {"index": i, "text": "".join(texts[i]), "logprobs": None,
-                                             "finish_reason": finish[i][0]}
-                        if finish[i][1] is not None:
-                            c["stop_reason"] = finish[i][1]
-                        choices.append(c)
-                    payload = oai.completion_response(cid, model, created, choices, usage)
+                payload = writer.end(usage)
                 watch.disarm()
                 await send_json(send, 200, payload, JSON_HEADERS + _decision_headers(decisions) + _served_header(served))
             mm.isl.observe(prompt_tokens)
@@ -338,9 +317,9 @@ class FrontendApp:
                 err = http_errors.to_http(exc)
                 if err.status >= 500 and not isinstance(exc, errors.DynamoError):
                     logger.exception("request %s failed mid-stream", rid)
-                data = b"event: error\ndata: " + http_errors.json_bytes(err) + b"\n\n"
                 with contextlib.suppress(Exception):
-                    await send({"type": "http.response.body", "body": data, "more_body": False})
+                    await send({"type": "http.response.body", "body": writer.error_event(http_errors.body(err)),
+                                "more_body": False})
             else:
                 raise
         finally:
@@ -438,17 +417,17 @@ class FrontendApp:
             raise HttpError(401, "this route needs 'Authorization: Bearer <admin token>'")
 
 
-    async def _query_only(self, send: Send, engine: ModelEngine, req: Any, pre: Any, *, chat: bool,
-                          rid: str) -> None:
+    async def _query_only(self, send: Send, engine: ModelEngine, req: Any, pre: Any, *, chat: bool) -> None:
         """``nvext.annotations: ["query_instance_id"]``: say where the request would go (decode worker,
         and prefill worker when disaggregated), without running it or booking any load."""
         choice = engine.query_instances(pre.request)
+        rid = pre.request.request_id or uuid.uuid4().hex
         body = {"id": oai.chat_completion_id(rid) if chat else oai.completion_id(rid),
                 "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": engine.model, "choices": [], "nvext": {"worker_id": choice}}
         if req.stream:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(body) + b"\n\n" + DONE,
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(body) + b"\n\n" + writers.DONE,
                         "more_body": False})
         else:
             await send_json(send, 200, body)
@@ -522,12 +501,3 @@ def _parse(model: type[Any], raw: bytes) -> Any:
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             raise HttpError(400, f"invalid JSON body: {exc.errors()[0].get('msg')}") from None
         raise
-
-
-def _openai_finish(reason: str) -> str:
-    # OpenAI clients know stop/length/content_filter/tool_calls; map engine-specific reasons onto them.
-    if reason in ("eos", "stop"):
-        return "stop"
-    if reason == "cancelled" or reason == "abort":
-        return "stop"
-    return reason

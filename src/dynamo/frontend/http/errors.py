@@ -13,6 +13,7 @@ from dynamo.runtime import errors
 _TYPES = {
     400: "invalid_request_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     499: "cancelled",
     501: "not_implemented",
@@ -22,11 +23,14 @@ _TYPES = {
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """``headers``: extra response headers the status calls for (``Allow`` on a 405)."""
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self.headers = headers or []
 
 
 def to_http(exc: BaseException) -> HttpError:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from dynamo.llm.postprocessor.detokenizer import IncrementalDetokenizer
+from dynamo.llm.postprocessor.logprobs import TokenLogprobs
 
 #: engine finish reasons (``LLMEngineOutput.finish_reason``) -> OpenAI ``finish_reason``
 ENGINE_FINISH_REASONS: dict[str, str] = {
@@ -37,7 +38,7 @@ ENGINE_FINISH_REASONS: dict[str, str] = {
 class StepResult:
     """What one engine item produced for the client."""
 
-    __slots__ = ("cached_tokens", "finish_reason", "num_tokens", "stop_reason", "stop_worker", "text")
+    __slots__ = ("cached_tokens", "finish_reason", "logprobs", "num_tokens", "stop_reason", "stop_worker", "text")
 
     def __init__(
         self,
@@ -59,6 +60,8 @@ class StepResult:
         self.stop_worker = stop_worker
         #: prompt tokens the engine served from its KV cache, when it reports them
         self.cached_tokens: int | None = None
+        #: the accepted tokens' logprobs, when the engine sent them
+        self.logprobs: TokenLogprobs | None = None
 
     def __repr__(self) -> str:
         return (f"StepResult(text={self.text!r}, num_tokens={self.num_tokens}, finish_reason={self.finish_reason!r}, "

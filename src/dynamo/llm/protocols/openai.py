@@ -8,8 +8,11 @@ Unknown top-level fields are ignored, as the OpenAI API does.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+import re
+from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # --------------------------------------------------------------------------------------------------
@@ -27,6 +30,15 @@ MAX_STOP_SEQUENCE_CHARS = 1024
 MAX_TOOLS = 1536
 MAX_FUNCTION_NAME_LEN = 96
 LOGIT_BIAS_RANGE = 100.0
+#: integers travel to workers as msgpack, which has 64 bits: a bigger one is a 400, not an encoder crash
+I64_MAX = 2**63 - 1
+I64_MIN = -(2**63)
+U64_MAX = 2**64 - 1
+
+Int64 = Annotated[int, Field(ge=I64_MIN, le=I64_MAX)]
+NonNegInt64 = Annotated[int, Field(ge=0, le=I64_MAX)]
+#: worker instance ids are u64
+InstanceId = Annotated[int, Field(ge=0, le=U64_MAX)]
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
 
@@ -45,6 +57,13 @@ class ContentPart(_Lenient):
 class FunctionCall(_Lenient):
     name: str | None = None
     arguments: str | dict[str, Any] | None = None
+
+    @field_validator("arguments")
+    @classmethod
+    def _arguments_fit(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(v, dict):
+            _check_json_ints(v)
+        return v
 
 
 class ToolCall(_Lenient):
@@ -101,6 +120,15 @@ class ResponseFormat(_Lenient):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema":
+            if self.json_schema is None or self.json_schema.schema_ is None:
+                raise _ParamError("response_format.json_schema",
+                                  "response_format of type json_schema needs json_schema.schema")
+            _check_json_schema("response_format.json_schema.schema", self.json_schema.schema_)
+        return self
+
 
 class StreamOptions(_Lenient):
     include_usage: bool = False
@@ -108,8 +136,8 @@ class StreamOptions(_Lenient):
 
 
 class AgentHints(_Lenient):
-    priority: int | None = None
-    osl: int | None = Field(default=None, ge=0)
+    priority: Int64 | None = None
+    osl: NonNegInt64 | None = None
     latency_sensitivity: float | None = None
     speculative_prefill: bool | None = None
 
@@ -120,11 +148,11 @@ class NvExt(_Lenient):
     ignore_eos: bool | None = None
     use_raw_prompt: bool | None = None
     annotations: list[str] | None = None
-    backend_instance_id: int | None = None
-    prefill_worker_id: int | None = None
-    decode_worker_id: int | None = None
-    dp_rank: int | None = None
-    prefill_dp_rank: int | None = None
+    backend_instance_id: InstanceId | None = None
+    prefill_worker_id: InstanceId | None = None
+    decode_worker_id: InstanceId | None = None
+    dp_rank: NonNegInt64 | None = None
+    prefill_dp_rank: NonNegInt64 | None = None
     agent_hints: AgentHints | None = None
     guided_json: Any = None
     guided_regex: str | None = None
@@ -142,7 +170,7 @@ class _CommonRequest(BaseModel):
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=I64_MAX)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     n: int | None = Field(default=None, ge=1, le=MAX_N)
@@ -150,20 +178,20 @@ class _CommonRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     user: str | None = None
     best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF)
     # vLLM-style extensions
-    top_k: int | None = None
+    top_k: Int64 | None = None
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, ge=0.0, le=2.0)
     length_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     use_beam_search: bool | None = None
-    min_tokens: int | None = Field(default=None, ge=0)
+    min_tokens: NonNegInt64 | None = None
     ignore_eos: bool | None = None
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[NonNegInt64] | None = None
     prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     guided_json: Any = None
     guided_regex: str | None = None
@@ -204,6 +232,9 @@ class _CommonRequest(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> _CommonRequest:
+        _check_guided(self)
+        if self.nvext is not None:
+            _check_guided(self.nvext, "nvext.")
         if self.stream_options is not None and not self.stream:
             raise _ParamError("stream_options", "stream_options can only be set when stream is true")
         limit = self.effective_max_tokens
@@ -235,7 +266,7 @@ class ChatCompletionRequest(_CommonRequest):
     tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=I64_MAX)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     chat_template_kwargs: dict[str, Any] | None = None
@@ -277,6 +308,86 @@ class ChatCompletionRequest(_CommonRequest):
         return "function"
 
 
+GUIDED_KINDS = ("json", "regex", "choice", "grammar")
+
+
+def _check_json_ints(value: Any) -> None:
+    """Free-form JSON bound for a worker (msgpack) or a JSON encoder with 64-bit integers (orjson)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, int) and not I64_MIN <= v <= U64_MAX:
+            raise ValueError(f"integers must fit in 64 bits, got {v}")
+
+
+#: valid schemas remembered by :func:`_check_json_schema` (cleared when full: a simple bound)
+MAX_REMEMBERED_SCHEMAS = 4096
+_VALID_SCHEMAS: set[bytes] = set()
+
+
+def _check_json_schema(param: str, schema: Any) -> None:
+    """A JSON schema the engine can compile, or a 400 naming what is wrong with it."""
+    if not isinstance(schema, (dict, bool)):
+        raise _ParamError(param, f"{param} must be a JSON schema object, got {type(schema).__name__}")
+    try:
+        _check_json_ints(schema)
+    except ValueError as exc:
+        raise _ParamError(param, f"{param}: {exc}") from None
+    # Agents send the same tools every turn, and checking a schema against its metaschema costs ~0.4 ms:
+    # remember the schemas that passed (by their canonical JSON; the ints were bounded just above).
+    key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    if key in _VALID_SCHEMAS:
+        return
+    # Imported here: only requests with schemas pay for it.
+    from jsonschema import SchemaError, validators
+
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path)
+        raise _ParamError(param, f"{param} is not a valid JSON schema: {exc.message}"
+                                 + (f" (at {where})" if where else "")) from None
+    if len(_VALID_SCHEMAS) >= MAX_REMEMBERED_SCHEMAS:
+        _VALID_SCHEMAS.clear()
+    _VALID_SCHEMAS.add(key)
+
+
+def _check_guided(src: Any, prefix: str = "") -> None:
+    """The ``guided_*`` options (top level or ``nvext``): at most one kind, each well formed. A JSON
+    schema given as a string is parsed in place, so the engine always receives an object."""
+    given = [k for k in GUIDED_KINDS if getattr(src, f"guided_{k}", None) is not None]
+    if len(given) > 1:
+        raise _ParamError(f"{prefix}guided_{given[1]}",
+                          f"only one of {', '.join(prefix + 'guided_' + k for k in given)} may be given")
+    if not given:
+        return
+    kind = given[0]
+    param = f"{prefix}guided_{kind}"
+    value = getattr(src, param.rsplit(".", 1)[-1])
+    if kind == "json":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise _ParamError(param, f"{param} is a string but not JSON: {exc}") from None
+            src.guided_json = value
+        _check_json_schema(param, value)
+    elif kind == "regex":
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise _ParamError(param, f"{param} is not a valid regular expression: {exc}") from None
+    elif kind == "choice":
+        if not value or any(not isinstance(c, str) or not c for c in value):
+            raise _ParamError(param, f"{param} must be a non-empty list of non-empty strings")
+    elif not value.strip():
+        raise _ParamError(param, f"{param} must not be empty")
+
+
 def _check_tools(tools: list[Tool] | None, tool_choice: str | NamedToolChoice | None) -> None:
     """Each tool's ``parameters`` must be a JSON schema, and a tool choice other than none/auto must name
     an offered tool (OpenAI answers both with a 400)."""
@@ -284,14 +395,7 @@ def _check_tools(tools: list[Tool] | None, tool_choice: str | NamedToolChoice | 
         params = tool.function.parameters
         if params is None:
             continue
-        # Imported here: only requests with tools pay for it.
-        from jsonschema import SchemaError, validators
-
-        try:
-            validators.validator_for(params).check_schema(params)
-        except SchemaError as exc:
-            raise _ParamError(f"tools[{i}].function.parameters",
-                              f"tools[{i}].function.parameters is not a valid JSON schema: {exc.message}") from None
+        _check_json_schema(f"tools[{i}].function.parameters", params)
     if tool_choice is None or tool_choice in ("none", "auto"):
         return
     if not tools:
@@ -359,6 +463,10 @@ class _ParamError(ValueError):
         super().__init__(message)
         self.param = param
         self.message = message
+
+
+#: for sibling request models (the Responses API) that name their own parameters
+ParamError = _ParamError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -429,6 +537,14 @@ def chat_completion_id(request_id: str) -> str:
 
 def completion_id(request_id: str) -> str:
     return f"cmpl-{request_id}"
+
+
+def openai_finish_reason(reason: str) -> str:
+    """Engine/stop-checker finish reasons onto the ones OpenAI clients know (stop, length,
+    content_filter, tool_calls); a cancelled choice reads as stopped."""
+    if reason in ("eos", "stop", "cancelled", "abort"):
+        return "stop"
+    return reason
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
