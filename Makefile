@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv vllm deps test lint run run-vllm tiny-model bench clean
+.PHONY: venv vllm deps test lint run run-disagg run-vllm tiny-model bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -52,6 +52,9 @@ lint: venv
 
 run: venv
 	$(PY) -m dynamo.run.local
+
+run-disagg: venv
+	$(PY) -m dynamo.run.local --disagg
 
 run-vllm: vllm
 	$(PY) -m dynamo.run.local --engine vllm

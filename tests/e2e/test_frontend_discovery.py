@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -75,12 +76,13 @@ def test_instance_gone_before_store_notices_gives_503_not_hang():
         dep.close()
 
 
-def test_make_run_serves_a_request(tmp_path):
+@pytest.mark.parametrize("target", ["run", "run-disagg"])
+def test_make_run_serves_a_request(tmp_path, target):
     import threading
 
     port = free_port()
     env = {**os.environ, "DYN_HTTP_PORT": str(port), "DYN_MODEL_PATH": str(QWEN), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(["make", "-s", "run", f"VENV={sys.prefix}"], cwd=REPO, env=env,
+    proc = subprocess.Popen(["make", "-s", target, f"VENV={sys.prefix}"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(ln.decode(errors="replace") for ln in proc.stdout),
@@ -98,6 +100,9 @@ def test_make_run_serves_a_request(tmp_path):
                        json={"model": "Qwen3-0.6B", "messages": [{"role": "user", "content": "Hello!"}],
                              "max_tokens": 5})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+        if target == "run-disagg":
+            assert "1 prefill + 2 decode" in text
+            assert json.loads(r.headers["x-dynamo-routing"])["prefill"]["mode"] == "remote"
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         proc.wait(30)
         reader.join(10)

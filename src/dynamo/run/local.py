@@ -7,6 +7,8 @@ and a ready-to-paste curl, and stops everything cleanly on Ctrl-C / SIGTERM.
 * ``python -m dynamo.run.local`` — two mocker workers (round-robin). Environment: ``DYN_HTTP_PORT``
   (8000), ``DYN_MODEL_PATH`` (local Qwen3-0.6B when present, else the hub id),
   ``DYN_MOCKER_SPEEDUP_RATIO`` (10), ``DYN_MOCKER_NUM_WORKERS`` (2).
+* ``python -m dynamo.run.local --disagg`` — disaggregated: one prefill mocker worker (KV bootstrap on a
+  free port) and ``DYN_MOCKER_NUM_WORKERS`` decode workers behind KV-aware routing.
 * ``python -m dynamo.run.local --engine vllm`` — two real vLLM workers behind KV-aware routing, on
   ``DYN_MODEL_PATH`` or, by default, the tiny random Qwen3 written to ``.cache/tiny-qwen3`` on first
   use (no download). ``VLLM_CPU_KVCACHE_SPACE`` defaults to 1 GiB per worker.
@@ -38,7 +40,8 @@ def default_model() -> str:
 
 
 def wait_for_model(port: int, name: str, procs: list[subprocess.Popen[bytes]], stopping: dict[str, bool],
-                   timeout: float = 60.0) -> bool:
+                   timeout: float = 60.0, components: frozenset[str] = frozenset()) -> bool:
+    """Until ``name`` is served and (by ``/health``) an instance of each of ``components`` is up."""
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{port}/v1/models"
     while time.monotonic() < deadline and not stopping["now"]:
@@ -46,8 +49,13 @@ def wait_for_model(port: int, name: str, procs: list[subprocess.Popen[bytes]], s
             return False
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
-                if any(m["id"] == name for m in json.load(resp)["data"]):
-                    return True
+                served = any(m["id"] == name for m in json.load(resp)["data"])
+            if served and components:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
+                    up = {i["component"] for i in json.load(resp)["instances"]}
+                served = components <= up
+            if served:
+                return True
         except (urllib.error.URLError, OSError, ValueError, KeyError):
             pass
         time.sleep(0.2)
@@ -85,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if engine not in ("mocker", "vllm"):
         print(f"dynamo: --engine must be mocker or vllm, not {engine!r}", file=sys.stderr)
         return 2
+    disagg = "--disagg" in args
+    if disagg and engine != "mocker":
+        print("dynamo: --disagg runs mocker workers (see the README for a disaggregated vLLM pair)", file=sys.stderr)
+        return 2
     port = int(os.environ.get("DYN_HTTP_PORT", "8000"))
     if engine == "vllm":
         model = os.environ.get("DYN_MODEL_PATH") or tiny_model_dir()
@@ -101,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         procs = [*vllm_workers(model, name, env),
                  subprocess.Popen([py, "-m", "dynamo.frontend", "--http-port", str(port), "--router-mode", "kv"],
                                   env=env)]
+    elif disagg:
+        mocker = [py, "-m", "dynamo.mocker", "--model-path", model, "--model-name", name, "--speedup-ratio", speedup]
+        procs = [
+            subprocess.Popen([*mocker, "--disaggregation-mode", "prefill", "--bootstrap-ports", "0"], env=env),
+            subprocess.Popen([*mocker, "--disaggregation-mode", "decode", "--num-workers", workers], env=env),
+            subprocess.Popen([py, "-m", "dynamo.frontend", "--http-port", str(port), "--router-mode", "kv"],
+                             env=env),
+        ]
     else:
         procs = [
             subprocess.Popen([py, "-m", "dynamo.mocker", "--model-path", model, "--model-name", name,
@@ -116,13 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     code = 0
     try:
-        if not wait_for_model(port, name, procs, stopping, timeout=60.0 if engine == "mocker" else 600.0):
+        needs = frozenset({"prefill", "backend"}) if disagg else frozenset()
+        if not wait_for_model(port, name, procs, stopping, timeout=60.0 if engine == "mocker" else 600.0,
+                              components=needs):
             if not stopping["now"]:
                 print("dynamo: the deployment did not come up; see the log above", file=sys.stderr)
                 code = 1
         else:
             base = f"http://localhost:{port}"
             what = f"{workers} mocker workers" if engine == "mocker" else "2 vLLM workers (KV-aware routing)"
+            if disagg:
+                what = f"1 prefill + {workers} decode mocker workers (disaggregated, KV-aware routing)"
             print(f"\nDynamo-Py is serving {name!r} with {what} at {base}/v1\n")
             print(f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\")
             print(f"    -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], "
