@@ -54,3 +54,30 @@ def test_decode_guard_vetoes_a_local_prefill_on_a_full_decode_worker() -> None:
 def test_bad_settings_are_config_errors(kw: dict) -> None:
     with pytest.raises(ConfigError):
         ConditionalDisaggConfig(**kw).validate()
+
+
+def test_frontend_flags_and_the_json_form() -> None:
+    from dynamo.frontend.args import parse_config
+
+    cfg = parse_config(["--router-conditional-disagg", "--router-conditional-disagg-policy", "isl_or_load",
+                        "--router-conditional-disagg-eff-isl-threshold", "512"]).conditional_disagg
+    assert (cfg.enabled, cfg.policy, cfg.eff_isl_threshold, cfg.eff_isl_ratio_threshold) == (True, "isl_or_load", 512, 0.7)
+    assert cfg.prefill_busy_threshold == 4.0  # defaults to --router-queue-threshold
+    cfg = parse_config(["--router-conditional-disagg-config",
+                        '{"policy": "prefill_load", "prefill_busy_threshold": 1.5}']).conditional_disagg
+    assert (cfg.enabled, cfg.policy, cfg.prefill_busy_threshold) == (False, "prefill_load", 1.5)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--router-conditional-disagg-config", "{nope"],
+    ["--router-conditional-disagg-config", '{"polcy": "isl_bounding"}'],
+    ["--router-conditional-disagg-config", '{"eff_isl_threshold": "big"}'],
+    ["--router-conditional-disagg-config", "[1]"],
+    ["--router-conditional-disagg-eff-isl-ratio-threshold", "2"],
+])
+def test_bad_frontend_disagg_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from dynamo.frontend.args import parse_config
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(argv)
+    assert exit_info.value.code == 2 and "conditional-disagg" in capsys.readouterr().err

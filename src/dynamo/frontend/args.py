@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
@@ -54,6 +55,7 @@ class FrontendConfig(RuntimeConfig):
     router_conditional_disagg_eff_isl_ratio_threshold: float = 0.7
     router_conditional_disagg_prefill_busy_threshold: float | None = None
     router_conditional_disagg_decode_busy_threshold: float | None = None
+    router_conditional_disagg_config: str | None = None
     conditional_disagg: Any = None
     verbose: int = 0
 
@@ -157,6 +159,10 @@ class FrontendArgGroup(ArgGroup):
                      "DYN_ROUTER_CONDITIONAL_DISAGG_DECODE_BUSY_THRESHOLD", None,
                      "Decode guard: no local prefill when the decode worker would hold more than this x its KV "
                      "blocks (default: off).", arg_type=nullable_float)
+        add_argument(d, "--router-conditional-disagg-config", "DYN_ROUTER_CONDITIONAL_DISAGG_CONFIG", None,
+                     "The policy settings as one JSON object (keys policy, eff_isl_threshold, "
+                     "eff_isl_ratio_threshold, prefill_busy_threshold, decode_busy_threshold); overrides the "
+                     "separate flags.")
         parser.add_argument("-i", "--interactive", action="store_true",
                             help="Chat with the first model in the terminal instead of serving HTTP.")
         parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -180,14 +186,32 @@ def conditional_disagg_config(config: FrontendConfig) -> Any:
     busy = config.router_conditional_disagg_prefill_busy_threshold
     if busy is None and config.kv_router is not None:
         busy = config.kv_router.router_queue_threshold
-    return ConditionalDisaggConfig(
-        enabled=config.router_conditional_disagg,
-        policy=config.router_conditional_disagg_policy,
-        eff_isl_threshold=config.router_conditional_disagg_eff_isl_threshold,
-        eff_isl_ratio_threshold=config.router_conditional_disagg_eff_isl_ratio_threshold,
-        prefill_busy_threshold=busy,
-        decode_busy_threshold=config.router_conditional_disagg_decode_busy_threshold,
-    ).validate()
+    settings: dict[str, Any] = {
+        "policy": config.router_conditional_disagg_policy,
+        "eff_isl_threshold": config.router_conditional_disagg_eff_isl_threshold,
+        "eff_isl_ratio_threshold": config.router_conditional_disagg_eff_isl_ratio_threshold,
+        "prefill_busy_threshold": busy,
+        "decode_busy_threshold": config.router_conditional_disagg_decode_busy_threshold,
+    }
+    if config.router_conditional_disagg_config:
+        try:
+            given = json.loads(config.router_conditional_disagg_config)
+        except ValueError as exc:
+            raise ConfigError(f"--router-conditional-disagg-config is not valid JSON: {exc}") from None
+        if not isinstance(given, dict):
+            raise ConfigError("--router-conditional-disagg-config must be a JSON object")
+        unknown = sorted(set(given) - set(settings))
+        if unknown:
+            raise ConfigError(f"--router-conditional-disagg-config has unknown keys {unknown}; valid: "
+                              f"{', '.join(settings)}")
+        for key, value in given.items():
+            numeric = key != "policy"
+            if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"--router-conditional-disagg-config: {key} must be a number")
+            if not numeric and not isinstance(value, str):
+                raise ConfigError("--router-conditional-disagg-config: policy must be a string")
+        settings.update(given)
+    return ConditionalDisaggConfig(enabled=config.router_conditional_disagg, **settings).validate()
 
 
 def parse_config(argv: list[str] | None = None) -> FrontendConfig:
