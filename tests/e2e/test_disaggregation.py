@@ -258,3 +258,40 @@ def test_direct_prefill_instance_header(client_for) -> None:
                                       extra_headers={"x-prefill-instance-id": "not-a-number"})
     finally:
         dep.close()
+
+
+async def test_decode_worker_killed_mid_stream_migrates() -> None:
+    dep = new_deployment()
+    try:
+        start_prefill(dep, bootstrap=True, speedup="1")
+        decode = [dep.mocker("--disaggregation-mode", "decode", "--block-size", str(BS), "--speedup-ratio", "0.3",
+                             name=f"decode{i}") for i in range(2)]
+        dep.start_frontend("--router-mode", "kv", "--migration-limit", "3")
+        dep.wait_models({MODEL})
+        await async_wait_for(lambda: len(instances(dep, "backend")) == 2 and len(instances(dep, "prefill")) == 1,
+                             timeout=30)
+        rng = random.Random(11)
+        got: list[int] = []
+
+        async def one(client: openai.AsyncOpenAI) -> str:
+            stream = await client.completions.create(model=MODEL, prompt=tokens(rng, 80), max_tokens=48,
+                                                     stream=True, stream_options={"include_usage": True})
+            text, usage = [], None
+            async for chunk in stream:
+                if chunk.choices:
+                    text.append(chunk.choices[0].text)
+                    got.append(1)
+                if chunk.usage is not None:
+                    usage = chunk.usage
+            assert usage is not None and usage.completion_tokens == 48
+            return "".join(text)
+
+        async with openai.AsyncOpenAI(base_url=dep.url + "/v1", api_key="unused", max_retries=0,
+                                      timeout=120) as client:
+            tasks = [asyncio.create_task(one(client)) for _ in range(8)]
+            await async_wait_for(lambda: len(got) >= 40, timeout=60)  # streams are flowing on both workers
+            decode[0].send_signal(signal.SIGKILL)
+            await asyncio.gather(*tasks)
+        assert metric(dep.url, "dynamo_frontend_model_migration_total") >= 1
+    finally:
+        dep.close()
