@@ -147,7 +147,6 @@ class MockerEngine:
         args.validate()
         #: prefill workers on the bootstrap path: where decode workers wait for a request's KV
         self.bootstrap = bootstrap
-        self.disagg_counts = {"prefill": 0, "decode_transferred": 0, "decode_local": 0}
         self.args = args
         self.worker_id = worker_id
         self.kv_sink = kv_sink
@@ -184,7 +183,6 @@ class MockerEngine:
         room = request.bootstrap_info.bootstrap_room if prefill_only and request.bootstrap_info else None
         if prefill_only:
             max_tokens = 1
-            self.disagg_counts["prefill"] += 1
             if room is not None and self.bootstrap is not None:
                 self.bootstrap.expect(room)
         transferred = False
@@ -195,7 +193,6 @@ class MockerEngine:
                 if not transferred:
                     logger.warning("request %s: no KV from the prefill worker (%s); computing the prompt here",
                                    ctx.id, why)
-            self.disagg_counts["decode_transferred" if transferred else "decode_local"] += 1
         dp_rank = request.routing.dp_rank if request.routing is not None else None
         if dp_rank is None:
             dp_rank = next(self._rr) % len(self.ranks)
