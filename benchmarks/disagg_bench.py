@@ -310,7 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--short-rate", type=float, default=6.0, help="short chats per second (Poisson)")
     p.add_argument("--short-isl", type=int, default=200)
     p.add_argument("--short-osl", type=int, default=150)
-    p.add_argument("--long-rate", type=float, default=2.0, help="long prompts per second (Poisson)")
+    p.add_argument("--long-rate", type=float, default=4.0, help="long prompts per second (Poisson)")
     p.add_argument("--long-isl", type=int, default=8000)
     p.add_argument("--long-osl", type=int, default=16)
     p.add_argument("--duration", type=float, default=60.0, help="measured seconds (after --warmup)")
