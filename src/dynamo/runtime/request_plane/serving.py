@@ -107,14 +107,20 @@ class ServerCore:
     def unregister(self, path: str) -> None:
         self.endpoints.pop(path, None)
 
-    def admit(self, peer: Peer, frame: Frame) -> None:
+    def admit(self, peer: Peer, frame: Frame, answer: Callable[[Frame], None] | None = None) -> None:
+        """Admit a ``req`` frame: ``ack`` and run it, or refuse it with an ``err`` before any data.
+
+        ``answer`` carries the ack or refusal where the transport answers admission apart from the
+        stream (NATS replies to the request); by default it goes to ``peer`` like the data.
+        """
         sid = frame.sid
+        reply = answer or peer.send
         entry = self.endpoints.get(frame.ep or "")
         if entry is None:
-            peer.send(Frame(ERR, sid, error=errors.NotFound(f"unknown endpoint {frame.ep!r}").to_wire()))
+            reply(Frame(ERR, sid, error=errors.NotFound(f"unknown endpoint {frame.ep!r}").to_wire()))
             return
         if self._admitted >= self.max_workers + self.max_queued:
-            peer.send(Frame(ERR, sid, error=errors.ResourceExhausted(
+            reply(Frame(ERR, sid, error=errors.ResourceExhausted(
                 f"server overloaded: {self._admitted} requests in flight").to_wire()))
             return
         headers = frame.headers or {}
@@ -124,7 +130,7 @@ class ServerCore:
         entry.idle.clear()
         task = asyncio.get_running_loop().create_task(self._run(peer, entry, frame, ctx))
         peer.tasks[sid] = (task, ctx)
-        peer.send(Frame(ACK, sid))
+        reply(Frame(ACK, sid))
 
     async def _run(self, peer: Peer, entry: EndpointEntry, frame: Frame, ctx: RequestContext) -> None:
         sid = frame.sid
