@@ -353,3 +353,97 @@ async def test_advertise_host_override(monkeypatch):
     finally:
         await client_rt.shutdown(grace_period=0)
         await server.shutdown(grace_period=0)
+
+
+# -- hostile input on the nats and http planes ---------------------------------------------------
+
+
+@pytest.fixture
+async def nats_pair(nats_server, monkeypatch):  # noqa: F811  (fixture)
+    monkeypatch.setenv("NATS_SERVER", nats_server.url)
+    server = await DistributedRuntime.create("mem", request_plane="nats")
+    client_rt = await DistributedRuntime.create("mem")
+    yield server, client_rt
+    await client_rt.shutdown(grace_period=0)
+    await server.shutdown(grace_period=0)
+
+
+async def test_nats_hostile_messages_are_dropped_and_streams_go_on(nats_pair):
+    from dynamo.runtime.request_plane.codec import Frame
+
+    server, client_rt = nats_pair
+    release = asyncio.Event()
+
+    async def gated(request, ctx):
+        yield 0
+        await release.wait()
+        yield 1
+
+    _, served = await _serve(server, gated)
+    client = await _client(client_rt)
+    in_flight = await client.round_robin({})
+    assert await in_flight.__anext__() == 0
+    nc = await client_rt.nats_connection()
+    hostile = [os.urandom(512), b"\xc1\xc1", msgspec.msgpack.encode(5),
+               msgspec.msgpack.encode(Frame("pong", 0)), msgspec.msgpack.encode(Frame("req", 9, ep="x"))]
+    for payload in hostile:
+        await nc.publish(served.instance.address, payload)
+    await nc.flush()
+    await _wait_until(lambda: server.server.malformed >= 4)
+    release.set()
+    assert [x async for x in in_flight] == [1]
+    assert [x async for x in await client.round_robin({})] == [0, 1]
+
+
+@pytest.fixture
+async def http_pair():
+    server = await DistributedRuntime.create("mem", request_plane="http")
+    client_rt = await DistributedRuntime.create("mem")
+    yield server, client_rt
+    await client_rt.shutdown(grace_period=0)
+    await server.shutdown(grace_period=0)
+
+
+async def test_http_hostile_requests_get_typed_refusals(http_pair):
+    import httpx
+
+    from dynamo.runtime.request_plane.codec import Frame, decode_frame, encode_frame
+
+    server, client_rt = http_pair
+    release = asyncio.Event()
+
+    async def gated(request, ctx):
+        yield 0
+        await release.wait()
+        yield 1
+
+    _, served = await _serve(server, gated)
+    client = await _client(client_rt)
+    in_flight = await client.round_robin({})
+    assert await in_flight.__anext__() == 0
+    base = served.instance.address
+    async with httpx.AsyncClient(timeout=5) as http:
+        cases = [
+            (os.urandom(300), 400),
+            (b"\xc1\xc1", 400),
+            (msgspec.msgpack.encode(Frame("kill", 1)), 400),
+            (encode_frame(Frame("req", 1, ep="ffff/no.such.ep", body=msgspec.Raw(b"\x80")))[4:], 404),
+        ]
+        for body, status in cases:
+            resp = await http.post(f"{base}/x", content=body)
+            assert resp.status_code == status
+            err = decode_frame(resp.content[4:])
+            assert err.t == "err" and err.error["type"] in ("InvalidArgument", "NotFound")
+        assert (await http.get(f"{base}/x")).status_code == 405
+        assert (await http.post(f"{base}/_control/nope", content=b"stop")).status_code == 404
+        assert (await http.post(f"{base}/_control/nope", content=b"explode")).status_code == 400
+        resp = await http.post(f"{base}/x", content=b"x" * (MAX_FRAME_BYTES + 10))
+        assert resp.status_code == 413
+    release.set()
+    assert [x async for x in in_flight] == [1]
+
+
+async def _wait_until(predicate, timeout: float = 5.0) -> None:
+    from tests.support.procs import async_wait_for
+
+    await async_wait_for(predicate, timeout=timeout)
