@@ -21,11 +21,13 @@ import collections
 import contextlib
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, urlsplit
 
-import httpx
+import httptools
 import msgspec
 import uvicorn
 
@@ -48,7 +50,7 @@ from dynamo.runtime.request_plane.codec import (
     encode_body,
     encode_frame,
 )
-from dynamo.runtime.request_plane.heartbeat import HeartbeatSettings
+from dynamo.runtime.request_plane.heartbeat import Heartbeat, HeartbeatSettings, set_keepalive
 from dynamo.runtime.request_plane.serving import EndpointEntry, Handler, Peer, ServerCore
 from dynamo.runtime.request_plane.settings import env_float, env_int
 from dynamo.runtime.request_plane.stream import ResponseStream
@@ -118,10 +120,11 @@ class HttpServer:
         return f"http://{self.advertise_host}:{self.port}{self.root}"
 
     async def start(self) -> None:
-        import socket
-
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit it (Linux): the ack and the first items are small separate writes,
+        # and Nagle would hold each behind the client's delayed ACK (40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.host, self.port))
         except OSError as exc:
@@ -282,41 +285,238 @@ async def _frames(send: Any, status: int, body: bytes) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # client
+#
+# A small HTTP/1.1 client of our own (httptools parses the responses): the general-purpose clients
+# cost more per request than the rest of the plane, and their pools slow down with many concurrent
+# streams. One connection carries one request at a time and is kept alive for the next.
 
 
-class _Call:
-    """Owner of one request's stream (``ResponseStream`` sends stop/kill through it)."""
+class _Exchange:
+    """What one request on a connection does with its response."""
+
+    def on_headers(self, status: int, content_type: str) -> None: ...
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_complete(self) -> None: ...
+
+    def on_lost(self, reason: str) -> None: ...
+
+
+class _StreamExchange(_Exchange):
+    """A request whose response body is frames for one ``ResponseStream``; owner of that stream."""
 
     def __init__(self, client: HttpClient, address: str, stream_id: str) -> None:
         self.client = client
         self.address = address
         self.stream_id = stream_id
         self.streams: dict[int, ResponseStream] = {}
-        self.response: httpx.Response | None = None
+        self.stream: ResponseStream | None = None
+        self.conn: _HttpConnection | None = None
+        self.reader = FrameReader()
+        self.foreign: bytearray | None = None  # body of a response that is not ours (an error page)
+        self.status = 0
 
+    # -- ResponseStream's owner
     def send(self, frame: Frame) -> None:
-        if frame.t in (STOP, KILL):
-            asyncio.get_running_loop().create_task(self.client._control(self.address, self.stream_id, frame.t))
-            if frame.t == KILL and self.response is not None:
-                asyncio.get_running_loop().create_task(self.response.aclose())
+        if frame.t == KILL:
+            # Dropping the connection is the kill: the worker aborts the handler of a vanished client.
+            if self.conn is not None:
+                self.conn.abort()
+        elif frame.t == STOP:
+            asyncio.get_running_loop().create_task(self.client._control(self.address, self.stream_id, STOP))
+
+    # -- the connection's
+    def on_headers(self, status: int, content_type: str) -> None:
+        self.status = status
+        if content_type != CONTENT_TYPE.decode():
+            self.foreign = bytearray()
+
+    def on_body(self, data: bytes) -> None:
+        if self.foreign is not None:
+            if len(self.foreign) < 1024:
+                self.foreign += data
+            return
+        stream = self.stream
+        try:
+            for payload in self.reader.feed(data):
+                frame = decode_frame(payload)
+                if frame.t != PING and stream is not None:
+                    stream._on_frame(frame)
+        except (FrameTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            logger.error("request plane (http): bad frame from %s: %s", self.address, exc)
+            if self.conn is not None:
+                self.conn.abort(f"bad frame from {self.address}: {exc}")
+
+    def on_complete(self) -> None:
+        stream = self.stream
+        if stream is None or stream._done:
+            return
+        if self.foreign is not None:
+            text = bytes(self.foreign[:200]).decode("utf-8", "replace")
+            stream._finish(errors.Unavailable(f"{self.address} answered HTTP {self.status}: {text!r}"))
+        else:
+            self.on_lost(f"response from {self.address} ended mid-stream")
+
+    def on_lost(self, reason: str) -> None:
+        stream = self.stream
+        if stream is None or stream._done:
+            return
+        if stream.cancelled:
+            stream._finish(None)
+            return
+        stream._finish(errors.Disconnected(reason))
+        for cb in self.client.on_disconnect:
+            cb(self.address)
+
+
+class _StatusExchange(_Exchange):
+    """A request whose response only matters by its status (stop control)."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.status = 0
+
+    def on_headers(self, status: int, content_type: str) -> None:
+        self.status = status
+
+    def on_complete(self) -> None:
+        if not self.done.done():
+            self.done.set_result(self.status)
+
+    def on_lost(self, reason: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(errors.Disconnected(reason))
+
+
+class _HttpConnection(asyncio.Protocol):
+    def __init__(self, pool: list[_HttpConnection], heartbeat: HeartbeatSettings,
+                 on_closed: Callable[[_HttpConnection], None]) -> None:
+        self.pool = pool
+        self._on_closed = on_closed
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: _Exchange | None = None
+        self.closed = False
+        self._content_type = ""
+        self._lost_reason = ""
+        self.heartbeat = Heartbeat(heartbeat, lambda: None, self._silent)
+
+    # -- asyncio
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_keepalive(sock, self.heartbeat.settings)
+
+    def data_received(self, data: bytes) -> None:
+        self.heartbeat.seen()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.abort(f"malformed HTTP response: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.heartbeat.stop()
+        with contextlib.suppress(ValueError):
+            self.pool.remove(self)
+        self._on_closed(self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.on_lost(self._lost_reason or f"connection lost{f': {exc}' if exc else ''}")
+
+    # -- httptools
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"content-type":
+            self._content_type = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_headers(self.parser.get_status_code(), self._content_type)
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.on_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self.exchange = self.exchange, None
+        self.heartbeat.stop()
+        self._content_type = ""
+        keep = self.parser.should_keep_alive()
+        if exchange is not None:
+            exchange.on_complete()
+        if keep and not self.closed:
+            self.pool.append(self)
+        else:
+            self.abort()
+
+    # --
+    def start(self, exchange: _Exchange, request: bytes) -> None:
+        self.exchange = exchange
+        if isinstance(exchange, _StreamExchange):
+            exchange.conn = self
+            self.heartbeat.start()
+        assert self.transport is not None
+        self.transport.write(request)
+
+    def _silent(self, reason: str) -> None:
+        self.abort(reason)
+
+    def abort(self, reason: str = "") -> None:
+        if reason:
+            self._lost_reason = reason
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
 
 
 class HttpClient:
-    """Request-plane client over HTTP/1.1: a keep-alive connection pool, one connection per open stream."""
+    """Request-plane client over HTTP/1.1: per worker, a pool of keep-alive connections."""
 
     def __init__(self) -> None:
         self.on_disconnect: list[Callable[[str], None]] = []
         self.ack_timeout = env_float("DYN_TCP_REQUEST_TIMEOUT", 5.0)
         self.connect_timeout = env_float("DYN_TCP_CONNECT_TIMEOUT", 3.0)
         self.heartbeat = HeartbeatSettings.from_env()
-        read_timeout = self.heartbeat.timeout if self.heartbeat.enabled else None
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=self.connect_timeout, read=read_timeout, write=self.ack_timeout,
-                                  pool=self.ack_timeout),
-            limits=httpx.Limits(max_connections=env_int("DYN_HTTP_POOL_SIZE", 2048),
-                                max_keepalive_connections=env_int("DYN_HTTP_POOL_SIZE", 2048)),
-        )
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: dict[tuple[str, int], list[_HttpConnection]] = {}
+        self._targets: dict[str, tuple[str, int, str]] = {}
+        self._all: set[_HttpConnection] = set()
+
+    def _target(self, address: str) -> tuple[str, int, str]:
+        target = self._targets.get(address)
+        if target is None:
+            url = urlsplit(address)
+            if url.scheme != "http" or not url.hostname or url.port is None:
+                raise errors.InvalidArgument(f"not an http request-plane address: {address!r}")
+            target = self._targets[address] = (url.hostname, url.port, url.path.rstrip("/"))
+        return target
+
+    async def _connection(self, host: str, port: int) -> _HttpConnection:
+        idle = self._idle.setdefault((host, port), [])
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _HttpConnection(idle, self.heartbeat, self._all.discard), host, port),
+                self.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise errors.CannotConnect(f"cannot connect to {host}:{port}: {exc or type(exc).__name__}") from exc
+        self._all.add(conn)
+        return conn
+
+    async def _send(self, address: str, target_path: str, body: bytes, exchange: _Exchange,
+                    extra_headers: str = "") -> _HttpConnection:
+        host, port, _ = self._target(address)
+        conn = await self._connection(host, port)
+        head = (f"POST {target_path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: {CONTENT_TYPE.decode()}\r\n"
+                f"{extra_headers}content-length: {len(body)}\r\n\r\n")
+        conn.start(exchange, head.encode("latin-1") + body)
+        return conn
 
     async def request(
         self,
@@ -328,31 +528,15 @@ class HttpClient:
         merge: Callable[[Any, Any], Any] | None = None,
     ) -> ResponseStream:
         stream_id = uuid.uuid4().hex
-        call = _Call(self, address, stream_id)
-        stream = ResponseStream(call, 1, decode, merge)
-        call.streams[1] = stream
+        exchange = _StreamExchange(self, address, stream_id)
+        stream = ResponseStream(exchange, 1, decode, merge)
+        exchange.streams[1] = stream
+        exchange.stream = stream
         raw = body if isinstance(body, msgspec.Raw) else encode_body(body)
         payload = encode_frame(Frame(REQ, 1, ep=path, headers=headers, body=raw))[4:]
-        request = self.http.build_request("POST", f"{address}/{path}", content=payload,
-                                          headers={STREAM_HEADER: stream_id, "content-type": CONTENT_TYPE.decode()})
-        try:
-            response = await asyncio.wait_for(self.http.send(request, stream=True),
-                                              self.ack_timeout + self.connect_timeout)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise errors.CannotConnect(f"cannot connect to {address}: {exc or type(exc).__name__}") from exc
-        except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
-            raise errors.ConnectionTimeout(f"{address} did not answer within {self.ack_timeout}s") from exc
-        except httpx.TransportError as exc:
-            raise errors.Disconnected(f"connection to {address} lost: {exc or type(exc).__name__}") from exc
-        if response.headers.get("content-type") != CONTENT_TYPE.decode():
-            # Not our server's answer (a proxy's error page, a wrong URL): no frames to read.
-            text = (await response.aread())[:200].decode("utf-8", "replace")
-            await response.aclose()
-            raise errors.Unavailable(f"{address} answered HTTP {response.status_code}: {text!r}")
-        call.response = response
-        task = asyncio.get_running_loop().create_task(self._read(call, response, stream))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        root = self._target(address)[2]
+        await self._send(address, f"{root}/{quote(path, safe='/.')}", payload, exchange,
+                         f"{STREAM_HEADER}: {stream_id}\r\n")
         try:
             await asyncio.wait_for(asyncio.shield(stream._ack), self.ack_timeout)
         except asyncio.TimeoutError as exc:
@@ -360,43 +544,15 @@ class HttpClient:
             raise errors.ConnectionTimeout(f"{address} did not acknowledge within {self.ack_timeout}s") from exc
         return stream
 
-    async def _read(self, call: _Call, response: httpx.Response, stream: ResponseStream) -> None:
-        reader = FrameReader()
-        try:
-            async for chunk in response.aiter_raw():
-                for payload in reader.feed(chunk):
-                    frame = decode_frame(payload)
-                    if frame.t == PING:
-                        continue
-                    stream._on_frame(frame)
-            if not stream._done:
-                self._lost(call, stream, f"connection to {call.address} ended mid-stream")
-        except (FrameTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            logger.error("request plane (http): bad frame from %s: %s", call.address, exc)
-            self._lost(call, stream, f"bad frame from {call.address}: {exc}")
-        except httpx.ReadTimeout:
-            self._lost(call, stream, f"no frame from {call.address} for {self.heartbeat.timeout:g}s "
-                                     "(heartbeat timeout)")
-        except (httpx.TransportError, httpx.StreamError) as exc:
-            if not stream._done:
-                self._lost(call, stream, f"connection to {call.address} lost: {exc or type(exc).__name__}")
-        finally:
-            with contextlib.suppress(Exception):
-                await response.aclose()
-
-    def _lost(self, call: _Call, stream: ResponseStream, reason: str) -> None:
-        if stream._done or stream.cancelled:
-            stream._finish(None)
-            return
-        stream._finish(errors.Disconnected(reason))
-        for cb in self.on_disconnect:
-            cb(call.address)
-
     async def _control(self, address: str, stream_id: str, kind: str) -> None:
-        with contextlib.suppress(httpx.HTTPError):
-            await self.http.post(f"{address}/_control/{stream_id}", content=kind.encode())
+        exchange = _StatusExchange()
+        root = self._target(address)[2]
+        with contextlib.suppress(errors.DynamoError, asyncio.TimeoutError):
+            await self._send(address, f"{root}/_control/{stream_id}", kind.encode(), exchange)
+            await asyncio.wait_for(exchange.done, self.ack_timeout)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await self.http.aclose()
+        for conn in list(self._all):
+            conn.abort()
+        self._all.clear()
+        self._idle.clear()
