@@ -5,7 +5,7 @@ transport ``{"nats": subject}``); each client process to one inbox. A request is
 the worker's subject whose reply is the admission answer (``ack`` or ``err``; NATS answers "no
 responders" at once when the worker is gone, which becomes ``CannotConnect``). The ``req`` frame
 names the client's inbox (``reply``), and the stream's ``data``/``end``/``err`` frames are published
-there. ``stop``/``kill`` are published to the worker's subject.
+there, length-prefixed as on TCP, as many in one message as were queued. ``stop``/``kill`` are published to the worker's subject.
 
 Liveness, the job the connection does for TCP: while a client has streams open to a worker it pings
 the worker's subject every ``DYN_TCP_HEARTBEAT_SECS``; no responders (the worker's process is gone,
@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +34,21 @@ from nats.aio.msg import Msg
 
 from dynamo.runtime import errors
 from dynamo.runtime.component_metrics import ComponentMetrics
-from dynamo.runtime.request_plane.codec import ACK, ERR, KILL, PING, PONG, REQ, STOP, Frame, encode_body
+from dynamo.runtime.request_plane.codec import (
+    ACK,
+    ERR,
+    KILL,
+    PING,
+    PONG,
+    REQ,
+    STOP,
+    Frame,
+    encode_body,
+    encode_frame,
+)
+from dynamo.runtime.request_plane.codec import (
+    HEADER as _LEN,
+)
 from dynamo.runtime.request_plane.heartbeat import HeartbeatSettings
 from dynamo.runtime.request_plane.serving import EndpointEntry, Handler, Peer, ServerCore
 from dynamo.runtime.request_plane.settings import env_float, env_int
@@ -77,9 +92,9 @@ class _ClientPeer(Peer):
     def send(self, frame: Frame) -> None:
         if self.closed:
             return
-        payload = _encode(frame)
+        payload = encode_frame(frame)
         if len(payload) > self.nc.max_payload:
-            payload = _encode(Frame(ERR, frame.sid, error=errors.ResourceExhausted(
+            payload = encode_frame(Frame(ERR, frame.sid, error=errors.ResourceExhausted(
                 f"response frame of {len(payload)} bytes exceeds the NATS server's max_payload "
                 f"({self.nc.max_payload})").to_wire()))
             entry = self.tasks.get(frame.sid)
@@ -92,12 +107,20 @@ class _ClientPeer(Peer):
 
     async def _write(self) -> None:
         out = self._out
+        limit = self.nc.max_payload
         while True:
             await self._kick.wait()
             self._kick.clear()
             while out:
+                # Everything queued for this client leaves as one message (up to max_payload): under
+                # load one NATS message carries many frames, as one TCP read does.
+                batch = [out.popleft()]
+                size = len(batch[0])
+                while out and size + len(out[0]) <= limit:
+                    size += len(out[0])
+                    batch.append(out.popleft())
                 try:
-                    await self.nc.publish(self.inbox, out.popleft())
+                    await self.nc.publish(self.inbox, batch[0] if len(batch) == 1 else b"".join(batch))
                 except nats.errors.Error as exc:
                     logger.warning("request plane (nats): cannot publish to %s: %s", self.inbox, exc)
                 if self.paused and len(out) < OUTBOX_LOW:
@@ -307,14 +330,19 @@ class NatsClient:
         await self.nc.flush()
 
     async def _on_msg(self, msg: Msg) -> None:
+        data = msg.data
+        streams = self.streams
+        pos, end = 0, len(data)
         try:
-            frame = _decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            while pos < end:
+                (length,) = _LEN.unpack_from(data, pos)
+                frame = _decode(data[pos + 4 : pos + 4 + length])
+                pos += 4 + length
+                stream = streams.get(frame.sid)
+                if stream is not None:
+                    stream._on_frame(frame)
+        except (struct.error, msgspec.DecodeError, msgspec.ValidationError) as exc:
             logger.error("request plane (nats): bad frame on %s: %s", self.inbox, exc)
-            return
-        stream = self.streams.get(frame.sid)
-        if stream is not None:
-            stream._on_frame(frame)
 
     async def _publish(self, subject: str, payload: bytes) -> None:
         with contextlib.suppress(nats.errors.Error):
@@ -363,6 +391,8 @@ class NatsClient:
         if answer.t != ACK:
             stream.cancel(kill=True)
             raise errors.Internal(f"unexpected admission answer {answer.t!r} from {address}")
+        if stream._ack.done() and not stream._ack.cancelled():
+            stream._ack.exception()  # the stream already failed (its err outran the ack): iteration raises it
         stream._on_frame(answer)
         link.opened(sid)
         return stream
