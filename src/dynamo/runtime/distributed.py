@@ -62,6 +62,8 @@ class DistributedRuntime:
         self._nats: Any = None
         self._nats_lock = asyncio.Lock()
         self.health = SystemHealth(self)
+        #: workers publish KV events to JetStream (``--durable-kv-events``; see kv_router/durable.py)
+        self.durable_kv_events = False
         self._status_server: Any = None
         self._event_plane: Any = None
         self.served: list[ServedEndpoint] = []
@@ -83,11 +85,16 @@ class DistributedRuntime:
         """Build from a config object with ``store_kv``, ``request_plane`` and ``event_plane``; a
         missing config (or attribute) falls back to ``DYN_STORE_KV``, ``DYN_REQUEST_PLANE``,
         ``DYN_EVENT_PLANE`` and then the local defaults (file, tcp, zmq)."""
-        return await cls.create(
+        runtime = await cls.create(
             getattr(config, "store_kv", None) or os.environ.get("DYN_STORE_KV", "file"),
             getattr(config, "request_plane", None) or os.environ.get("DYN_REQUEST_PLANE", "tcp"),
             getattr(config, "event_plane", None) or os.environ.get("DYN_EVENT_PLANE", "zmq"),
         )
+        durable = getattr(config, "durable_kv_events", None)
+        if durable is None:
+            durable = os.environ.get("DYN_DURABLE_KV_EVENTS", "").lower() in ("1", "true", "yes", "on")
+        runtime.durable_kv_events = bool(durable)
+        return runtime
 
     @property
     def instance_id(self) -> int:
