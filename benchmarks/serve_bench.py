@@ -121,6 +121,8 @@ class Deployment:
     workers: int
     router_mode: str
     keep_logs: bool = False
+    request_plane: str = "tcp"
+    nats_url: str = ""
     port: int = 0
     tmp: Path = field(default_factory=Path)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -162,6 +164,9 @@ class Deployment:
         env = clean_env(self.system.python.parent, home, kv)
         if self.system.pythonpath is not None:
             env["PYTHONPATH"] = str(self.system.pythonpath)
+        env["DYN_REQUEST_PLANE"] = self.request_plane
+        if self.nats_url:
+            env["NATS_SERVER"] = self.nats_url
         self._check_import(env)
         self.port = free_port()
         name = self.model_dir.name
@@ -392,7 +397,8 @@ async def drive(dep: Deployment, prompts: PromptSource, args: argparse.Namespace
 
 def run_system(system: System, prompts: PromptSource, args: argparse.Namespace) -> list[dict[str, Any]]:
     print(f"[{system.name}] starting mocker x{args.workers} + frontend ({args.router_mode}) ...", flush=True)
-    with Deployment(system, args.model_path, args.workers, args.router_mode, keep_logs=args.keep_logs) as dep:
+    with Deployment(system, args.model_path, args.workers, args.router_mode, keep_logs=args.keep_logs,
+                    request_plane=args.request_plane, nats_url=args.nats_url) as dep:
         time.sleep(1.0)  # let the frontend see every worker before warm-up starts routing
         try:
             import uvloop
@@ -482,6 +488,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ai-dynamo-venv", type=Path, default=AI_DYNAMO_VENV, help="venv for the reference")
     p.add_argument("--router-mode", default="round-robin", help="frontend --router-mode (default round-robin)")
     p.add_argument("--workers", type=int, default=2, help="mocker --num-workers (default 2)")
+    p.add_argument("--request-plane", choices=["tcp", "nats", "http"], default="tcp",
+                   help="request plane of the deployment (nats: a nats-server is started for the run)")
     p.add_argument("--model-path", type=Path, default=DEFAULT_MODEL_DIR, help="tokenizer/model dir")
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds (systems alternate); each system keeps its best round per level (default 1)")
@@ -509,6 +517,13 @@ def main(argv: list[str] | None = None) -> int:
     amount = f"{args.requests} requests" if args.requests else f"{args.duration:g}s"
     print(f"workload: ISL ~{prompts.expected_isl:.0f} tokens, OSL {args.osl}, concurrency {args.concurrency}, "
           f"{amount} per level after {args.warmup:g}s warm-up", flush=True)
+    args.nats_url = ""
+    nats_proc = None
+    if args.request_plane == "nats":
+        from request_plane import start_nats  # the sibling benchmark's nats-server launcher
+
+        nats_proc = start_nats()
+        args.nats_url = os.environ["NATS_SERVER"]
     results: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     try:
         systems = [ours()]
@@ -530,6 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; all components stopped", file=sys.stderr)
         return 130
+    finally:
+        if nats_proc is not None:
+            nats_proc.terminate()
+            nats_proc.wait(10)
     print_table("ours", results["ours"])
     if "ai-dynamo" in results:
         print_table(f"ai-dynamo {AI_DYNAMO_VERSION}", results["ai-dynamo"])

@@ -27,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dynamo.runtime.discovery import registry
+from tests.integration.nats_fixtures import nats_server  # noqa: F401  (fixture)
 from tests.support.deploy import QWEN, Deployment, new_deployment
 from tests.support.procs import async_wait_for, free_port, wait_for
 
@@ -232,8 +233,12 @@ def mockers(dep: Deployment, count: int, *extra: str) -> list[subprocess.Popen[b
 # -- worker loss mid-stream ----------------------------------------------------------------------
 
 
-def test_sigkill_mid_stream_with_migration_every_stream_completes():
-    dep = new_deployment()
+@pytest.mark.parametrize("plane", ["tcp", "nats", "http"])
+def test_sigkill_mid_stream_with_migration_every_stream_completes(plane, request):
+    env = {"DYN_REQUEST_PLANE": plane}
+    if plane == "nats":
+        env["NATS_SERVER"] = request.getfixturevalue("nats_server").url
+    dep = new_deployment(env)
     try:
         workers = mockers(dep, 3)
         dep.start_frontend("--migration-limit", "2")

@@ -1,4 +1,5 @@
-"""The TCP request plane against real sockets: long streams, stop/kill, lost servers, hostile bytes."""
+"""The request planes (tcp, nats, http) against real sockets and a real nats-server: long streams,
+stop/kill, admission, lost servers, hostile bytes. Every test of the battery runs on each plane."""
 
 from __future__ import annotations
 
@@ -12,13 +13,24 @@ import pytest
 
 from dynamo.runtime import DistributedRuntime, RequestContext, errors
 from dynamo.runtime.request_plane.codec import MAX_FRAME_BYTES
+from tests.integration.nats_fixtures import nats_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
+PLANES = ["tcp", "nats", "http"]
+
+
+@pytest.fixture(params=PLANES)
+def plane(request, monkeypatch) -> str:
+    if request.param == "nats":
+        server = request.getfixturevalue("nats_server")
+        monkeypatch.setenv("NATS_SERVER", server.url)
+    return request.param
+
 
 @pytest.fixture
-async def pair():
-    server = await DistributedRuntime.create("mem")
+async def pair(plane):
+    server = await DistributedRuntime.create("mem", request_plane=plane)
     client_rt = await DistributedRuntime.create("mem")
     yield server, client_rt
     await client_rt.shutdown(grace_period=0)
@@ -121,7 +133,7 @@ async def test_handler_errors_reach_client_typed(pair):
         await stream.__anext__()
 
 
-async def test_pool_and_queue_sizes_from_env_bound_admission(tmp_path, monkeypatch):
+async def test_pool_and_queue_sizes_from_env_bound_admission(tmp_path, monkeypatch, plane):
     # The sizes reach the server the way an operator sets them: environment of a separate process.
     from pathlib import Path
 
@@ -131,11 +143,12 @@ async def test_pool_and_queue_sizes_from_env_bound_admission(tmp_path, monkeypat
     monkeypatch.setenv("DYN_FILE_KV", str(tmp_path / "kv"))
     env = {"DYN_TCP_WORKER_POOL_SIZE": "1", "DYN_TCP_WORK_QUEUE_SIZE": "1"}
     with processes(env) as procs:
-        procs.spawn(worker, "--store", "file")
+        procs.spawn(worker, "--store", "file", "--request-plane", plane)
         rt = await DistributedRuntime.create("file")
         try:
             client = await rt.endpoint("dyn://test.worker.generate").client()
             await client.wait_for_instances(20)
+            assert list(client.instances()[0].transport) == [plane]
             running = await client.round_robin({"n": 3, "delay": 0.3})
             queued = await client.round_robin({"n": 1})
             # One handler runs, one waits in the queue: the third is refused before any data.
@@ -157,7 +170,7 @@ async def test_pool_and_queue_sizes_from_env_bound_admission(tmp_path, monkeypat
             await rt.shutdown(grace_period=0)
 
 
-async def test_server_killed_fails_open_streams_with_disconnected(tmp_path):
+async def test_server_killed_fails_open_streams_with_disconnected(tmp_path, plane, monkeypatch):
     # Server in a subprocess so it can be SIGKILLed for real.
     from pathlib import Path
 
@@ -168,7 +181,7 @@ async def test_server_killed_fails_open_streams_with_disconnected(tmp_path):
     os.environ["DYN_FILE_KV"] = env["DYN_FILE_KV"]
     try:
         with processes(env) as procs:
-            proc = procs.spawn(worker, "--store", "file")
+            proc = procs.spawn(worker, "--store", "file", "--request-plane", plane)
             rt = await DistributedRuntime.create("file")
             try:
                 client = await rt.endpoint("dyn://test.worker.generate").client()
@@ -186,6 +199,25 @@ async def test_server_killed_fails_open_streams_with_disconnected(tmp_path):
                 await rt.shutdown(grace_period=0)
     finally:
         del os.environ["DYN_FILE_KV"]
+
+
+@pytest.fixture
+async def tcp_pair():
+    server = await DistributedRuntime.create("mem")
+    client_rt = await DistributedRuntime.create("mem")
+    yield server, client_rt
+    await client_rt.shutdown(grace_period=0)
+    await server.shutdown(grace_period=0)
+
+
+async def test_unknown_endpoint_raw_tcp_frame(tcp_pair):
+    server, _ = tcp_pair
+    await _serve(server, count_handler)
+    from dynamo.runtime.request_plane.codec import Frame, encode_frame
+
+    frame = encode_frame(Frame("req", 1, ep="ffff/nope.nope.nope", body=msgspec.Raw(msgspec.msgpack.encode({}))))
+    reply = await _raw_first(server.tcp_server.address, frame)
+    assert b"NotFound" in reply
 
 
 async def _raw(addr: str, payload: bytes) -> bytes:
@@ -213,8 +245,8 @@ async def _raw(addr: str, payload: bytes) -> bytes:
     ],
     ids=["random", "truncated", "1GiB", "over-limit", "bad-msgpack", "not-a-frame"],
 )
-async def test_hostile_bytes_close_only_that_connection(pair, payload):
-    server, client_rt = pair
+async def test_hostile_bytes_close_only_that_connection(tcp_pair, payload):
+    server, client_rt = tcp_pair
     release = asyncio.Event()
 
     async def gated(request, ctx):
@@ -245,12 +277,10 @@ async def test_hostile_bytes_close_only_that_connection(pair, payload):
 
 async def test_unknown_endpoint_and_bad_body(pair):
     server, client_rt = pair
-    await _serve(server, count_handler)
-    from dynamo.runtime.request_plane.codec import Frame, encode_frame
-
-    frame = encode_frame(Frame("req", 1, ep="ffff/nope.nope.nope", body=msgspec.Raw(msgspec.msgpack.encode({}))))
-    reply = await _raw_first(server.tcp_server.address, frame)
-    assert b"NotFound" in reply
+    _, served = await _serve(server, count_handler)
+    plane_client = await client_rt.request_client(server.request_plane)
+    with pytest.raises(errors.NotFound, match="unknown endpoint"):
+        await plane_client.request(served.instance.address, "ffff/nope.nope.nope", {})
     # A request whose body the handler cannot use fails that stream only.
     stream = await (await _client(client_rt)).round_robin({"wrong": "shape"})
     with pytest.raises(errors.DynamoError):
@@ -281,7 +311,7 @@ async def test_cannot_connect_marks_instance_down(pair):
     await _serve(server, count_handler)
     client = await client_rt.endpoint("rp.svc.generate").client()
     await client.wait_for_instances(5)
-    await server.tcp_server.close()
+    await server.server.close()
     await asyncio.sleep(0)
     with pytest.raises((errors.CannotConnect, errors.Disconnected)):
         stream = await client.round_robin({"n": 1})
@@ -323,3 +353,97 @@ async def test_advertise_host_override(monkeypatch):
     finally:
         await client_rt.shutdown(grace_period=0)
         await server.shutdown(grace_period=0)
+
+
+# -- hostile input on the nats and http planes ---------------------------------------------------
+
+
+@pytest.fixture
+async def nats_pair(nats_server, monkeypatch):  # noqa: F811  (fixture)
+    monkeypatch.setenv("NATS_SERVER", nats_server.url)
+    server = await DistributedRuntime.create("mem", request_plane="nats")
+    client_rt = await DistributedRuntime.create("mem")
+    yield server, client_rt
+    await client_rt.shutdown(grace_period=0)
+    await server.shutdown(grace_period=0)
+
+
+async def test_nats_hostile_messages_are_dropped_and_streams_go_on(nats_pair):
+    from dynamo.runtime.request_plane.codec import Frame
+
+    server, client_rt = nats_pair
+    release = asyncio.Event()
+
+    async def gated(request, ctx):
+        yield 0
+        await release.wait()
+        yield 1
+
+    _, served = await _serve(server, gated)
+    client = await _client(client_rt)
+    in_flight = await client.round_robin({})
+    assert await in_flight.__anext__() == 0
+    nc = await client_rt.nats_connection()
+    hostile = [os.urandom(512), b"\xc1\xc1", msgspec.msgpack.encode(5),
+               msgspec.msgpack.encode(Frame("pong", 0)), msgspec.msgpack.encode(Frame("req", 9, ep="x"))]
+    for payload in hostile:
+        await nc.publish(served.instance.address, payload)
+    await nc.flush()
+    await _wait_until(lambda: server.server.malformed >= 4)
+    release.set()
+    assert [x async for x in in_flight] == [1]
+    assert [x async for x in await client.round_robin({})] == [0, 1]
+
+
+@pytest.fixture
+async def http_pair():
+    server = await DistributedRuntime.create("mem", request_plane="http")
+    client_rt = await DistributedRuntime.create("mem")
+    yield server, client_rt
+    await client_rt.shutdown(grace_period=0)
+    await server.shutdown(grace_period=0)
+
+
+async def test_http_hostile_requests_get_typed_refusals(http_pair):
+    import httpx
+
+    from dynamo.runtime.request_plane.codec import Frame, decode_frame, encode_frame
+
+    server, client_rt = http_pair
+    release = asyncio.Event()
+
+    async def gated(request, ctx):
+        yield 0
+        await release.wait()
+        yield 1
+
+    _, served = await _serve(server, gated)
+    client = await _client(client_rt)
+    in_flight = await client.round_robin({})
+    assert await in_flight.__anext__() == 0
+    base = served.instance.address
+    async with httpx.AsyncClient(timeout=5) as http:
+        cases = [
+            (os.urandom(300), 400),
+            (b"\xc1\xc1", 400),
+            (msgspec.msgpack.encode(Frame("kill", 1)), 400),
+            (encode_frame(Frame("req", 1, ep="ffff/no.such.ep", body=msgspec.Raw(b"\x80")))[4:], 404),
+        ]
+        for body, status in cases:
+            resp = await http.post(f"{base}/x", content=body)
+            assert resp.status_code == status
+            err = decode_frame(resp.content[4:])
+            assert err.t == "err" and err.error["type"] in ("InvalidArgument", "NotFound")
+        assert (await http.get(f"{base}/x")).status_code == 405
+        assert (await http.post(f"{base}/_control/nope", content=b"stop")).status_code == 404
+        assert (await http.post(f"{base}/_control/nope", content=b"explode")).status_code == 400
+        resp = await http.post(f"{base}/x", content=b"x" * (MAX_FRAME_BYTES + 10))
+        assert resp.status_code == 413
+    release.set()
+    assert [x async for x in in_flight] == [1]
+
+
+async def _wait_until(predicate, timeout: float = 5.0) -> None:
+    from tests.support.procs import async_wait_for
+
+    await async_wait_for(predicate, timeout=timeout)

@@ -12,6 +12,7 @@ import pytest
 
 from dynamo.runtime import errors
 from dynamo.runtime.request_plane.tcp import TcpClient
+from tests.integration.nats_fixtures import nats_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -195,3 +196,43 @@ def test_heartbeat_settings_from_env(monkeypatch):
     monkeypatch.setenv("DYN_TCP_HEARTBEAT_TIMEOUT_SECS", "1")
     with pytest.raises(errors.ConfigError, match="must exceed"):
         HeartbeatSettings.from_env()
+
+
+@pytest.mark.parametrize("plane", ["nats", "http"])
+async def test_frozen_server_on_nats_and_http_fails_streams_with_disconnected(
+        tmp_path, monkeypatch, fast_heartbeat, plane, request):
+    # The same silent-peer guarantee as TCP: NATS pings go unanswered, the HTTP stream goes quiet.
+    import signal
+    from pathlib import Path
+
+    from dynamo.runtime import DistributedRuntime
+    from tests.support.procs import processes
+
+    if plane == "nats":
+        monkeypatch.setenv("NATS_SERVER", request.getfixturevalue("nats_server").url)
+    worker = str(Path(__file__).with_name("runtime_worker.py"))
+    monkeypatch.setenv("DYN_FILE_KV", str(tmp_path / "kv"))
+    with processes(HEARTBEAT_ENV) as procs:
+        proc = procs.spawn(worker, "--store", "file", "--request-plane", plane)
+        rt = await DistributedRuntime.create("file")
+        try:
+            client = await rt.endpoint("dyn://test.worker.generate").client()
+            await client.wait_for_instances(20)
+            streams = [await client.round_robin({"n": 10_000, "delay": 0.05}) for _ in range(2)]
+            for s in streams:
+                await s.__anext__()
+            proc.send_signal(signal.SIGSTOP)
+            start = time.monotonic()
+
+            async def drain(s):
+                async for _ in s:
+                    pass
+
+            for s in streams:
+                with pytest.raises(errors.Disconnected, match="heartbeat"):
+                    await asyncio.wait_for(drain(s), 10)
+            assert time.monotonic() - start < DETECT_BOUND_SECS
+            assert client.instance_ids() == []
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            await rt.shutdown(grace_period=0)

@@ -58,6 +58,27 @@ def test_endpoint_id_parsing():
     assert str(EndpointId.parse("dyn://a.b.c")) == "a/b/c"
 
 
-async def test_unavailable_request_plane_is_a_clear_error():
-    with pytest.raises(errors.ConfigError, match="not available yet"):
-        await DistributedRuntime.create("mem", request_plane="nats")
+async def test_unknown_request_plane_is_a_clear_error():
+    with pytest.raises(errors.ConfigError, match="unknown request plane 'carrier-pigeon'"):
+        await DistributedRuntime.create("mem", request_plane="carrier-pigeon")
+
+
+async def test_from_settings_without_config_reads_the_environment(monkeypatch, tmp_path):
+    # DESIGN §3: ``DistributedRuntime.from_settings()`` with no argument is configured by DYN_* variables.
+    monkeypatch.setenv("DYN_STORE_KV", "mem")
+    monkeypatch.setenv("DYN_REQUEST_PLANE", "HTTP")
+    monkeypatch.setenv("DYN_EVENT_PLANE", "zmq")
+    rt = await DistributedRuntime.from_settings()
+    try:
+        assert (type(rt.store).__name__, rt.request_plane, rt.event_plane_kind) == ("MemoryStore", "http", "zmq")
+    finally:
+        await rt.shutdown(grace_period=0)
+    monkeypatch.delenv("DYN_STORE_KV")
+    monkeypatch.delenv("DYN_REQUEST_PLANE")
+    monkeypatch.delenv("DYN_EVENT_PLANE")
+    monkeypatch.setenv("DYN_FILE_KV", str(tmp_path / "kv"))
+    rt = await DistributedRuntime.from_settings()
+    try:
+        assert (type(rt.store).__name__, rt.request_plane, rt.event_plane_kind) == ("FileStore", "tcp", "zmq")
+    finally:
+        await rt.shutdown(grace_period=0)

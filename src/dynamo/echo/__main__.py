@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         config.validate()
         runtime = await DistributedRuntime.from_settings(config)
         install_signal_handlers(runtime)
+        await runtime.start_status_server()
         await serve(config, runtime)
+        runtime.health.set_engine_ready()
         await runtime.wait_for_shutdown()
 
     cli.run(amain)

@@ -235,11 +235,19 @@ class WorkerPublisher:
 
     @classmethod
     async def create(cls, runtime: Any, namespace: str, component: str, worker_id: int) -> WorkerPublisher:
+        if getattr(runtime, "durable_kv_events", False):
+            # JetStream, acknowledged and retried: a router replaying the stream misses nothing.
+            # Errors here are the operator's to see (no NATS with --durable-kv-events), not skipped.
+            from dynamo.kv_router.durable import DurableKvPublisher
+
+            kv_pub: Any = await DurableKvPublisher.create(runtime, namespace, component, worker_id)
+        else:
+            kv_pub = None
         try:
             plane = runtime.event_plane()
             return cls(
                 worker_id,
-                await plane.publisher(namespace, component, "kv-events", publisher_id=worker_id),
+                kv_pub or await plane.publisher(namespace, component, "kv-events", publisher_id=worker_id),
                 await plane.publisher(namespace, None, "kv_metrics", publisher_id=worker_id),
                 await plane.publisher(namespace, component, "forward-pass-metrics", publisher_id=worker_id),
             )

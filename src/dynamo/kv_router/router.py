@@ -134,6 +134,7 @@ class KvRouter:
         self.inflight: dict[int, int] = {}
         self._ids = itertools.count()
         self._subscriber: Any = None
+        self._durable: Any = None
         self._event_task: asyncio.Task[None] | None = None
         self.router_id = self.rng.getrandbits(63)
         self._sync_pub: Any = None
@@ -166,6 +167,12 @@ class KvRouter:
                                         lambda: self._consume_sync(self._sync_sub)).task
         if not self.config.should_subscribe_to_kv_events:
             return
+        if self.config.durable_kv_events:
+            # The stream (and the newest snapshot) is the whole history: no worker dumps, no gaps.
+            from dynamo.kv_router.durable import DurableKvConsumer
+
+            self._durable = await DurableKvConsumer.start(self, runtime, namespace, component)
+            return
         comp = runtime.namespace(namespace).component(component)
         sub = await comp.subscribe("kv-events")
         sub.on_gap = self._on_gap
@@ -193,6 +200,8 @@ class KvRouter:
                 await self._subscriber.close()
         if self._dump_client is not None:
             await self._dump_client.close()
+        if self._durable is not None:
+            await self._durable.close()
 
     async def _consume(self, sub: Any) -> None:
         async for env in sub:
@@ -244,7 +253,9 @@ class KvRouter:
     def apply_event(self, event: RouterEvent) -> str:
         if event.storage_tier != "device":
             return "ignored"
-        if event.worker_id not in self._live:
+        # Durable mode replays history from before this router saw any worker: index it all (workers
+        # removed later are dropped from the index by the instance watch as usual).
+        if event.worker_id not in self._live and not self.config.durable_kv_events:
             kind = type(event.event.data).__name__.removeprefix("Kv").lower()
             self.metrics.events_applied.labels(kind, "unknown_worker").inc()
             return "unknown_worker"

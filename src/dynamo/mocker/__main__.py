@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         dump_config(config.dump_config_to, config)
         runtime = await DistributedRuntime.from_settings(config)
         install_signal_handlers(runtime)
+        await runtime.start_status_server()
         if args.startup_time:
             await asyncio.sleep(args.startup_time)
         engines = []
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
             iid = runtime.instance_id if i == 0 else random.getrandbits(63)
             port = ports[i] if ports else None
             engines.append(await start_worker(runtime, config, args, iid, card, port))
+        runtime.health.set_engine_ready()
         await runtime.wait_for_shutdown()
         for engine in engines:
             await engine.stop()

@@ -19,7 +19,7 @@ import msgspec
 from dynamo.runtime import errors
 from dynamo.runtime.discovery import registry
 from dynamo.runtime.discovery.store import Watch
-from dynamo.runtime.request_plane.tcp import ResponseStream
+from dynamo.runtime.request_plane.stream import ResponseStream
 from dynamo.runtime.tasks import supervise
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class Client:
         ep = self.endpoint
         prefix = registry.instances_prefix(ep.namespace, ep.component, ep.name)
         self._watch = await self._runtime.store.watch(prefix)
-        self._runtime.tcp_client.on_disconnect.append(self._on_disconnect)
+        self._runtime.disconnect_listeners.append(self._on_disconnect)
         watch = self._watch
         self._task = supervise("endpoint instance follower", lambda: self._follow(watch)).task
         # Drain the initial snapshot so instance_ids() is accurate right after start().
@@ -72,7 +72,7 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(ValueError):
-            self._runtime.tcp_client.on_disconnect.remove(self._on_disconnect)
+            self._runtime.disconnect_listeners.remove(self._on_disconnect)
 
     def on_change(self, listener: Callable[[str, registry.Instance], None]) -> None:
         """``listener("added"|"removed", instance)`` on every change of the instance set."""
@@ -188,10 +188,10 @@ class Client:
         inst = self._instances.get(instance_id)
         if inst is None:
             raise errors.NotFound(f"instance {instance_id:x} of {self.endpoint.url} not found")
+        kind, address = next(iter(inst.transport.items()))
+        plane = self._runtime.tcp_client if kind == "tcp" else await self._runtime.request_client(kind)
         try:
-            return await self._runtime.tcp_client.request(
-                inst.address, endpoint_path(inst), request, headers, self._decode, self._merge
-            )
+            return await plane.request(address, endpoint_path(inst), request, headers, self._decode, self._merge)
         except (errors.CannotConnect, errors.Disconnected, errors.ConnectionTimeout):
             self.report_instance_down(instance_id)
             raise

@@ -79,11 +79,11 @@ class ServedEndpoint:
         self.registered = True
 
     def inflight(self) -> int:
-        entry = self.endpoint.runtime.tcp_server.endpoints.get(self.path)
+        entry = self.endpoint.runtime.server.endpoints.get(self.path)
         return 0 if entry is None else entry.inflight
 
     async def wait_idle(self) -> None:
-        entry = self.endpoint.runtime.tcp_server.endpoints.get(self.path)
+        entry = self.endpoint.runtime.server.endpoints.get(self.path)
         if entry is not None:
             await entry.idle.wait()
 
@@ -118,7 +118,7 @@ class Endpoint:
         rt = self.runtime
         server = await rt.ensure_server()
         iid = instance_id if instance_id is not None else rt.instance_id
-        inst = registry.Instance(self.namespace, self.component, self.name, iid, {"tcp": server.address})
+        inst = registry.Instance(self.namespace, self.component, self.name, iid, {server.kind: server.address})
         decode = (msgspec.msgpack.Decoder(request_type).decode if request_type is not None
                   else msgspec.msgpack.Decoder().decode)
         served = ServedEndpoint(self, inst, graceful_shutdown)

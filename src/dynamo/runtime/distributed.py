@@ -10,9 +10,12 @@ from typing import Any
 
 from dynamo.runtime import errors
 from dynamo.runtime.component import Endpoint, Namespace, ServedEndpoint
+from dynamo.runtime.component_metrics import ComponentMetrics
 from dynamo.runtime.discovery.store import KeyValueStore, create_store
+from dynamo.runtime.health import SystemHealth
 from dynamo.runtime.naming import EndpointId
-from dynamo.runtime.request_plane.tcp import TcpClient, TcpServer
+from dynamo.runtime.request_plane import REQUEST_PLANES, RequestPlaneClient, RequestPlaneServer
+from dynamo.runtime.request_plane.tcp import TcpClient
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +42,29 @@ class DistributedRuntime:
         event_plane: str = "zmq",
     ) -> None:
         request_plane = request_plane.lower()
-        if request_plane != "tcp":
+        if request_plane not in REQUEST_PLANES:
             raise errors.ConfigError(
-                f"request plane {request_plane!r} is not available yet; use --request-plane tcp")
+                f"unknown request plane {request_plane!r}; choose one of {', '.join(REQUEST_PLANES)}")
         self.store = store
+        #: the transport this process *serves* on; as a client it reaches each instance over the
+        #: transport that instance registered (so a frontend talks to tcp and nats workers alike)
         self.request_plane = request_plane
         self.event_plane_kind = event_plane.lower()
+        self.metrics = ComponentMetrics()
+        self._extra_registries: list[Any] = []
+        self.disconnect_listeners: list[Any] = []
         self.tcp_client = TcpClient()
-        self._tcp_server: TcpServer | None = None
+        self.tcp_client.on_disconnect = self.disconnect_listeners
+        self._clients: dict[str, RequestPlaneClient] = {"tcp": self.tcp_client}
+        self._client_lock = asyncio.Lock()
+        self._server: RequestPlaneServer | None = None
         self._server_lock = asyncio.Lock()
+        self._nats: Any = None
+        self._nats_lock = asyncio.Lock()
+        self.health = SystemHealth(self)
+        #: workers publish KV events to JetStream (``--durable-kv-events``; see kv_router/durable.py)
+        self.durable_kv_events = False
+        self._status_server: Any = None
         self._event_plane: Any = None
         self.served: list[ServedEndpoint] = []
         self._shutdown = asyncio.Event()
@@ -64,13 +81,20 @@ class DistributedRuntime:
         return cls(store, request_plane=request_plane, event_plane=event_plane)
 
     @classmethod
-    async def from_settings(cls, config: Any) -> DistributedRuntime:
-        """Build from a config object with ``store_kv``, ``request_plane`` and ``event_plane``."""
-        return await cls.create(
+    async def from_settings(cls, config: Any = None) -> DistributedRuntime:
+        """Build from a config object with ``store_kv``, ``request_plane`` and ``event_plane``; a
+        missing config (or attribute) falls back to ``DYN_STORE_KV``, ``DYN_REQUEST_PLANE``,
+        ``DYN_EVENT_PLANE`` and then the local defaults (file, tcp, zmq)."""
+        runtime = await cls.create(
             getattr(config, "store_kv", None) or os.environ.get("DYN_STORE_KV", "file"),
             getattr(config, "request_plane", None) or os.environ.get("DYN_REQUEST_PLANE", "tcp"),
             getattr(config, "event_plane", None) or os.environ.get("DYN_EVENT_PLANE", "zmq"),
         )
+        durable = getattr(config, "durable_kv_events", None)
+        if durable is None:
+            durable = os.environ.get("DYN_DURABLE_KV_EVENTS", "").lower() in ("1", "true", "yes", "on")
+        runtime.durable_kv_events = bool(durable)
+        return runtime
 
     @property
     def instance_id(self) -> int:
@@ -84,18 +108,65 @@ class DistributedRuntime:
         eid = EndpointId.parse(path)
         return self.namespace(eid.namespace).component(eid.component).endpoint(eid.name)
 
-    async def ensure_server(self) -> TcpServer:
+    async def ensure_server(self) -> RequestPlaneServer:
+        """This process's request-plane server (one for all its endpoints), started on first use."""
         async with self._server_lock:
-            if self._tcp_server is None:
-                server = TcpServer()
+            if self._server is None:
+                from dynamo.runtime.request_plane import create_server
+
+                server = await create_server(self.request_plane, self)
                 await server.start()
-                self._tcp_server = server
-        return self._tcp_server
+                self._server = server
+        return self._server
 
     @property
-    def tcp_server(self) -> TcpServer:
-        assert self._tcp_server is not None, "no endpoint served yet"
-        return self._tcp_server
+    def server(self) -> RequestPlaneServer:
+        assert self._server is not None, "no endpoint served yet"
+        return self._server
+
+    @property
+    def tcp_server(self) -> Any:
+        """The server when serving on TCP (tests reach into its sockets)."""
+        return self.server
+
+    async def request_client(self, kind: str) -> RequestPlaneClient:
+        """The client for instances registered on transport ``kind`` (created on first use)."""
+        client = self._clients.get(kind)
+        if client is not None:
+            return client
+        async with self._client_lock:
+            client = self._clients.get(kind)
+            if client is None:
+                from dynamo.runtime.request_plane import create_client
+
+                client = await create_client(kind, self)
+                client.on_disconnect = self.disconnect_listeners
+                self._clients[kind] = client
+        return client
+
+    async def nats_connection(self) -> Any:
+        """The process's NATS connection for the request plane (``NATS_SERVER``), opened once."""
+        async with self._nats_lock:
+            if self._nats is None:
+                from dynamo.runtime.event_plane.nats import connect
+
+                self._nats = await connect(name=f"dynamo-rp-{self.instance_id:x}")
+        return self._nats
+
+    async def start_status_server(self) -> Any:
+        """Start the system status server if ``DYN_SYSTEM_PORT`` is set (workers only; reference §1.8)."""
+        from dynamo.runtime.status_server import StatusServer
+
+        if self._status_server is None:
+            self._status_server = await StatusServer.from_env(self)
+        return self._status_server
+
+    def add_metrics_registry(self, registry: Any) -> None:
+        """Serve a component's own Prometheus registry (e.g. the router's) on the status server too."""
+        self._extra_registries.append(registry)
+
+    def metrics_registries(self) -> list[Any]:
+        return [self.metrics.registry, *self._extra_registries]
 
     def event_plane(self) -> Any:
         if self._event_plane is None:
@@ -127,6 +198,7 @@ class DistributedRuntime:
             await self._shutdown.wait()
             return
         self._closing = True
+        self.health.draining = True
         grace = grace_period_from_env() if grace_period is None else grace_period
         await self.unregister_all()
         graceful = [s for s in self.served if s.graceful and s.inflight() > 0]
@@ -135,12 +207,19 @@ class DistributedRuntime:
                         sum(s.inflight() for s in graceful), grace)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*(s.wait_idle() for s in graceful)), grace)
-        if self._tcp_server is not None:
-            await self._tcp_server.close()
+        if self._server is not None:
+            await self._server.close()
         if self._event_plane is not None:
             with contextlib.suppress(Exception):
                 await self._event_plane.close()
-        await self.tcp_client.close()
+        for client in list(self._clients.values()):
+            with contextlib.suppress(Exception):
+                await client.close()
+        if self._status_server is not None:
+            await self._status_server.close()
+        if self._nats is not None:
+            with contextlib.suppress(Exception):
+                await self._nats.close()
         with contextlib.suppress(Exception):
             await self.store.close()
         self._shutdown.set()

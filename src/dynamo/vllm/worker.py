@@ -149,6 +149,7 @@ async def serve(config: VllmConfig, engine_args: Any) -> int:
     install_signal_handlers(runtime)
     state = {"exit_code": 0}
     try:
+        await runtime.start_status_server()
         endpoint = runtime.endpoint(config.endpoint_url)
         iid = runtime.instance_id
         publisher = await WorkerPublisher.create(runtime, endpoint.namespace, endpoint.component, iid)
@@ -161,6 +162,7 @@ async def serve(config: VllmConfig, engine_args: Any) -> int:
         dump_ep = runtime.namespace(endpoint.namespace).component(endpoint.component).endpoint(KV_DUMP_ENDPOINT)
         await dump_ep.start_serving(publisher.kv_dump, instance_id=iid)
         await register_llm(endpoint, card, iid)
+        runtime.health.set_engine_ready()
         logger.info("vLLM %sworker %x serving %r on %s (ready in %.1f s; block size %d, %s KV blocks, "
                     "max_model_len %d, KV events %s)", "" if config.role == "aggregated" else config.role + " ", iid, card.name, endpoint.url, time.monotonic() - started,
                     card.kv_cache_block_size, card.runtime_config.total_kv_blocks, card.context_length,

@@ -27,6 +27,8 @@ class Frame(msgspec.Struct, omit_defaults=True):
     headers: dict[str, str] | None = None
     body: msgspec.Raw = msgspec.Raw()  # empty when absent
     error: dict[str, str] | None = None
+    #: NATS only: the subject the stream's frames go back to (TCP and HTTP answer on the connection)
+    reply: str | None = None
 
 
 class FrameTooLarge(ValueError):

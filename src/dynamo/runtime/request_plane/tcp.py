@@ -11,25 +11,19 @@ connection.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
 from dynamo.runtime import errors
-from dynamo.runtime.context import RequestContext
+from dynamo.runtime.component_metrics import ComponentMetrics
 from dynamo.runtime.host_address import advertised_host
 from dynamo.runtime.request_plane.codec import (
-    ACK,
-    DATA,
-    END,
-    ERR,
     KILL,
     PING,
     PING_BYTES,
@@ -45,31 +39,13 @@ from dynamo.runtime.request_plane.codec import (
     encode_frame,
 )
 from dynamo.runtime.request_plane.heartbeat import Heartbeat, HeartbeatSettings, set_keepalive
+from dynamo.runtime.request_plane.serving import EndpointEntry, Handler, Peer, ServerCore
+from dynamo.runtime.request_plane.settings import env_float, env_int
+from dynamo.runtime.request_plane.stream import ResponseStream
+
+__all__ = ["ResponseStream", "TcpClient", "TcpServer"]
 
 logger = logging.getLogger(__name__)
-
-Handler = Callable[[Any, RequestContext], AsyncIterator[Any]]
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise errors.ConfigError(f"environment variable {name}={raw!r} is not an integer") from exc
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise errors.ConfigError(f"environment variable {name}={raw!r} is not a number") from exc
-
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
     sock = transport.get_extra_info("socket")
@@ -82,24 +58,13 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
 # server
 
 
-@dataclass
-class EndpointEntry:
-    handler: Handler
-    decode: Callable[[bytes], Any]
-    inflight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class _ServerConnection(asyncio.Protocol):
+class _ServerConnection(asyncio.Protocol, Peer):
     def __init__(self, server: TcpServer) -> None:
+        Peer.__init__(self)
         self.server = server
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
-        self.tasks: dict[int, tuple[asyncio.Task[None], RequestContext]] = {}
         self.peer = "?"
-        self.closed = False
-        self._paused = False
-        self._drain: asyncio.Future[None] | None = None
         self.heartbeat = Heartbeat(server.heartbeat, self._ping, self._peer_silent)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -119,33 +84,16 @@ class _ServerConnection(asyncio.Protocol):
         self.abort(reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self.heartbeat.stop()
         self.server.connections.discard(self)
-        # The client is gone: nobody will read these streams, so abort their handlers.
-        for task, ctx in list(self.tasks.values()):
-            ctx.kill()
-            task.cancel()
-        self.tasks.clear()
-        self._wake()
+        self.abort_all()
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        self._drain = None
-
-    async def drain(self) -> None:
-        if self._paused and not self.closed:
-            if self._drain is None:
-                self._drain = asyncio.get_running_loop().create_future()
-            await self._drain
+        self.paused = False
+        self.wake()
 
     def send(self, frame: Frame) -> None:
         if not self.closed and self.transport is not None:
@@ -179,16 +127,9 @@ class _ServerConnection(asyncio.Protocol):
     def _on_frame(self, frame: Frame) -> None:
         t = frame.t
         if t == REQ:
-            self.server._admit(self, frame)
+            self.server.core.admit(self, frame)
         elif t == STOP or t == KILL:
-            entry = self.tasks.get(frame.sid)
-            if entry is not None:
-                task, ctx = entry
-                if t == KILL:
-                    ctx.kill()
-                    task.cancel()
-                else:
-                    ctx.stop()
+            self.control(frame)
         elif t == PING:
             if not self.closed and self.transport is not None:
                 self.transport.write(PONG_BYTES)
@@ -199,19 +140,20 @@ class _ServerConnection(asyncio.Protocol):
 class TcpServer:
     """Serves every endpoint instance registered by this process on one listening socket."""
 
-    def __init__(self, host: str | None = None, port: int | None = None) -> None:
+    kind = "tcp"
+
+    def __init__(self, host: str | None = None, port: int | None = None,
+                 metrics: ComponentMetrics | None = None) -> None:
         #: the interface listened on; ``address`` is what goes into discovery (``advertise_host``)
         self.host = host or os.environ.get("DYN_TCP_RPC_HOST") or "127.0.0.1"
         self.advertise_host = advertised_host(self.host, os.environ.get("DYN_TCP_RPC_ADVERTISE_HOST"))
-        self.port = port if port is not None else _env_int("DYN_TCP_RPC_PORT", 0)
-        self.max_workers = _env_int("DYN_TCP_WORKER_POOL_SIZE", 1500)
-        self.max_queued = _env_int("DYN_TCP_WORK_QUEUE_SIZE", 6000)
+        self.port = port if port is not None else env_int("DYN_TCP_RPC_PORT", 0)
+        self.core = ServerCore(env_int("DYN_TCP_WORKER_POOL_SIZE", 1500),
+                               env_int("DYN_TCP_WORK_QUEUE_SIZE", 6000), metrics)
+        self.endpoints = self.core.endpoints
         self.heartbeat = HeartbeatSettings.from_env()
-        self.endpoints: dict[str, EndpointEntry] = {}
         self.connections: set[_ServerConnection] = set()
         self._server: asyncio.AbstractServer | None = None
-        self._admitted = 0
-        self._slots: asyncio.Semaphore | None = None
 
     @property
     def address(self) -> str:
@@ -224,7 +166,6 @@ class TcpServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._slots = asyncio.Semaphore(self.max_workers)
         self._server = await loop.create_server(lambda: _ServerConnection(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         logger.debug("request plane listening on %s, advertised as %s", self.bind_address, self.address)
@@ -237,177 +178,18 @@ class TcpServer:
                 conn.transport.close()
 
     def register(self, path: str, handler: Handler, decode: Callable[[bytes], Any]) -> EndpointEntry:
-        entry = EndpointEntry(handler, decode)
-        entry.idle.set()
-        self.endpoints[path] = entry
-        return entry
+        return self.core.register(path, handler, decode)
 
     def unregister(self, path: str) -> None:
-        self.endpoints.pop(path, None)
+        self.core.unregister(path)
 
     @property
     def inflight(self) -> int:
-        return self._admitted
-
-    def _admit(self, conn: _ServerConnection, frame: Frame) -> None:
-        sid = frame.sid
-        entry = self.endpoints.get(frame.ep or "")
-        if entry is None:
-            conn.send(Frame(ERR, sid, error=errors.NotFound(f"unknown endpoint {frame.ep!r}").to_wire()))
-            return
-        if self._admitted >= self.max_workers + self.max_queued:
-            conn.send(Frame(ERR, sid, error=errors.ResourceExhausted(
-                f"server overloaded: {self._admitted} requests in flight").to_wire()))
-            return
-        headers = frame.headers or {}
-        ctx = RequestContext(headers.get("request-id"), headers)
-        self._admitted += 1
-        entry.inflight += 1
-        entry.idle.clear()
-        task = asyncio.get_running_loop().create_task(self._run(conn, entry, frame, ctx))
-        conn.tasks[sid] = (task, ctx)
-        conn.send(Frame(ACK, sid))
-
-    async def _run(self, conn: _ServerConnection, entry: EndpointEntry, frame: Frame,
-                   ctx: RequestContext) -> None:
-        sid = frame.sid
-        agen: AsyncIterator[Any] | None = None
-        assert self._slots is not None
-        try:
-            async with self._slots:
-                request = entry.decode(frame.body) if len(frame.body) else None
-                agen = entry.handler(request, ctx)
-                async for item in agen:
-                    if conn.closed:
-                        break
-                    conn.send(Frame(DATA, sid, body=encode_body(item)))
-                    if conn._paused:
-                        await conn.drain()
-                    if ctx.is_stopped():
-                        break
-                if not ctx.is_killed():
-                    conn.send(Frame(END, sid))
-        except asyncio.CancelledError:
-            pass
-        except errors.DynamoError as exc:
-            conn.send(Frame(ERR, sid, error=exc.to_wire()))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            conn.send(Frame(ERR, sid, error=errors.InvalidArgument(f"invalid request body: {exc}").to_wire()))
-        except Exception as exc:
-            logger.exception("handler for %s failed", frame.ep)
-            conn.send(Frame(ERR, sid, error=errors.Internal(f"{type(exc).__name__}: {exc}").to_wire()))
-        finally:
-            if agen is not None:
-                aclose = getattr(agen, "aclose", None)
-                if aclose is not None:
-                    with contextlib.suppress(Exception, asyncio.CancelledError):
-                        await aclose()
-            conn.tasks.pop(sid, None)
-            self._admitted -= 1
-            entry.inflight -= 1
-            if entry.inflight == 0:
-                entry.idle.set()
+        return self.core.inflight
 
 
 # ----------------------------------------------------------------------------------------------
 # client
-
-
-class ResponseStream:
-    """The items of one request's response; iterate with ``async for``; ``cancel()`` to abandon."""
-
-    __slots__ = ("_ack", "_conn", "_decode", "_done", "_error", "_items", "_merge", "_peeked", "_waiter",
-                 "cancelled", "sid")
-
-    def __init__(self, conn: _ClientConnection, sid: int, decode: Callable[[bytes], Any],
-                 merge: Callable[[Any, Any], Any] | None = None) -> None:
-        self._conn = conn
-        self.sid = sid
-        self._decode = decode
-        self._merge = merge
-        self._peeked: Any = None
-        self._items: collections.deque[Any] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._done = False
-        self._error: errors.DynamoError | None = None
-        self.cancelled = False
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def _on_frame(self, frame: Frame) -> None:
-        t = frame.t
-        if t == DATA:
-            self._items.append(frame.body)
-            self._wake()
-        elif t == ACK:
-            if not self._ack.done():
-                self._ack.set_result(None)
-        elif t == END:
-            self._finish(None)
-        elif t == ERR:
-            self._finish(errors.from_wire(frame.error))
-
-    def _finish(self, error: errors.DynamoError | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._error = error
-        if not self._ack.done():
-            if error is not None:
-                self._ack.set_exception(error)
-            else:
-                self._ack.set_result(None)
-        self._conn.streams.pop(self.sid, None)
-        self._wake()
-
-    def __aiter__(self) -> ResponseStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        while True:
-            if self._peeked is not None:
-                item, self._peeked = self._peeked, None
-            elif self._items:
-                item = self._decode(self._items.popleft())
-            else:
-                item = None
-            if item is not None:
-                merge = self._merge
-                if merge is not None:
-                    # Items that piled up while the consumer was busy are handed over as one.
-                    items = self._items
-                    while items:
-                        nxt = self._decode(items.popleft())
-                        merged = merge(item, nxt)
-                        if merged is None:
-                            self._peeked = nxt
-                            break
-                        item = merged
-                return item
-            if self._done:
-                if self._error is not None and not self.cancelled:
-                    err, self._error = self._error, None
-                    raise err
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    def cancel(self, kill: bool = False) -> None:
-        """Ask the server to stop (graceful) or kill the stream; further items are discarded."""
-        if self._done:
-            return
-        self.cancelled = True
-        self._conn.send(Frame(KILL if kill else STOP, self.sid))
-        if kill:
-            self._items.clear()
-            self._finish(None)
 
 
 class _ClientConnection(asyncio.Protocol):
@@ -493,8 +275,8 @@ class TcpClient:
     def __init__(self) -> None:
         self._conns: dict[str, _ClientConnection] = {}
         self._connecting: dict[str, asyncio.Task[_ClientConnection]] = {}
-        self.connect_timeout = _env_float("DYN_TCP_CONNECT_TIMEOUT", 3.0)
-        self.ack_timeout = _env_float("DYN_TCP_REQUEST_TIMEOUT", 5.0)
+        self.connect_timeout = env_float("DYN_TCP_CONNECT_TIMEOUT", 3.0)
+        self.ack_timeout = env_float("DYN_TCP_REQUEST_TIMEOUT", 5.0)
         self.heartbeat = HeartbeatSettings.from_env()
         self.on_disconnect: list[Callable[[str], None]] = []
 
