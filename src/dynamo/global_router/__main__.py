@@ -36,7 +36,8 @@ logger = logging.getLogger("dynamo.global_router")
 POOL_WAIT_SECS = 10.0
 
 
-async def connect_pools(runtime: DistributedRuntime, pools: GlobalRouterConfig) -> dict[PoolKind, list[Client]]:
+async def connect_pools(runtime: DistributedRuntime, pools: GlobalRouterConfig,
+                        wait_secs: float = POOL_WAIT_SECS) -> dict[PoolKind, list[Client]]:
     """One client per pool router; waits (bounded) for each to be discoverable, so that the cards go up
     only once requests can be forwarded. A pool still missing is logged: it is used when it appears."""
     clients: dict[PoolKind, list[Client]] = {}
@@ -46,7 +47,7 @@ async def connect_pools(runtime: DistributedRuntime, pools: GlobalRouterConfig) 
 
     async def wait(kind: PoolKind, i: int, client: Client) -> None:
         try:
-            await client.wait_for_instances(timeout=POOL_WAIT_SECS)
+            await client.wait_for_instances(timeout=wait_secs)
         except Unavailable:
             logger.warning("%s pool %d (%s): no router at %s yet; requests chosen for it fail over or get 503 "
                            "until it appears", kind.value, i, pools.pools[kind].namespaces[i], client.endpoint.url)
@@ -73,8 +74,8 @@ def start_metrics_server(metrics: GlobalRouterMetrics) -> None:
 
 
 async def serve(config: GlobalRouterArgs, pools: GlobalRouterConfig, runtime: DistributedRuntime,
-                metrics: GlobalRouterMetrics) -> GlobalRouterHandler:
-    clients = await connect_pools(runtime, pools)
+                metrics: GlobalRouterMetrics, pool_wait_secs: float = POOL_WAIT_SECS) -> GlobalRouterHandler:
+    clients = await connect_pools(runtime, pools, pool_wait_secs)
     handler = GlobalRouterHandler(pools, clients, SlaDefaults(config.default_ttft_target_ms,
                                                               config.default_itl_target_ms), metrics)
     assert config.model_name is not None
