@@ -147,6 +147,10 @@ class GlobalRouterHandler:
             first_at: float | None = None
             tokens_after_first = 0
             last_at = start
+            # The frontend closes the stream as soon as it sees a finish_reason, often before the pool's
+            # end frame: a finish_reason counts as a complete request.
+            ended = False
+            status: str | None = None
             try:
                 stream = await self.clients[route.kind][pool].round_robin(request, headers)
                 async for item in stream:
@@ -165,21 +169,24 @@ class GlobalRouterHandler:
                         tokens_after_first += n
                     if n:
                         last_at = now
+                    if isinstance(item, dict) and item.get("finish_reason") is not None:
+                        ended = True
                     yield item
+                ended = True
             except errors.DynamoError as exc:
                 if route.served_pool is not None:
-                    m.requests.labels(kind, ns, "error").inc()
+                    status = "error"
                     raise
                 if isinstance(exc, _NO_RETRY) or last:
-                    m.requests.labels(kind, ns, "error").inc()
+                    status = "error"
                     if isinstance(exc, _KEEP):
                         raise
                     raise errors.Unavailable(
                         f"{kind} pool {pool} ({ns}) cannot serve the request: {exc}") from exc
+                status = "retried"
                 nxt = route.order[attempt + 1]
                 logger.warning("%s pool %d (%s) failed before streaming (%s); retrying faster pool %d (%s)",
                                kind, pool, ns, exc, nxt, route.namespaces[nxt])
-                m.requests.labels(kind, ns, "retried").inc()
                 m.retries.labels(kind, ns, route.namespaces[nxt]).inc()
                 route.failed.append({"pool": pool, "namespace": ns, "error": type(exc).__name__})
                 continue
@@ -187,8 +194,11 @@ class GlobalRouterHandler:
                 if stream is not None and not getattr(stream, "_done", True):
                     # The client left (or we failed) mid-stream: stop the pool's work too.
                     stream.cancel(kill=True)
-            m.requests.labels(kind, ns, "success").inc()
-            self._observe(route, ns, start, first_at, last_at, tokens_after_first, ttft, itl)
+                if status is None:
+                    status = "success" if ended else "cancelled"
+                m.requests.labels(kind, ns, status).inc()
+                if status == "success":
+                    self._observe(route, ns, start, first_at, last_at, tokens_after_first, ttft, itl)
             return
 
     def _observe(self, route: _Route, ns: str, start: float, first_at: float | None, last_at: float,

@@ -20,7 +20,8 @@ class GlobalRouterMetrics:
         self.registry = reg = registry or CollectorRegistry()
         p = "dynamo_global_router"
         pool = ["pool_type", "pool"]
-        self.requests = Counter(f"{p}_requests", "Requests forwarded, by pool type, pool (namespace) and outcome",
+        self.requests = Counter(f"{p}_requests", "Requests forwarded, by pool type, pool (namespace) and status "
+                                "(success, error, retried: failed over to a faster pool, cancelled: the caller left)",
                                 [*pool, "status"], registry=reg)
         self.retries = Counter(f"{p}_priority_retries", "Requests moved to a faster pool after a pool failed",
                                ["pool_type", "from_pool", "to_pool"], registry=reg)
