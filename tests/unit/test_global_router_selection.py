@@ -270,3 +270,31 @@ def test_bad_configs_fail_with_one_line_naming_field_and_rule(name, config, mess
 def test_every_good_config_parses():
     for cfg in (disagg_config(), agg_config(), agg_config(3, [2, 1, 0])):
         parse_config(cfg)
+
+
+# -- flags ------------------------------------------------------------------------------------------
+
+
+def test_flags_env_and_the_seed_spellings(monkeypatch):
+    from dynamo.global_router.args import GlobalRouterArgs, build_parser
+
+    def parse(*argv: str) -> GlobalRouterArgs:
+        return GlobalRouterArgs.from_cli_args(build_parser().parse_args(list(argv)))
+
+    cfg = parse("--config", "c.json", "--model-name", "m")
+    assert (cfg.config_path, cfg.model_name, cfg.component_name) == ("c.json", "m", "global_router")
+    assert cfg.default_ttft_target_ms is None and cfg.namespace == "dynamo"
+    # seed 000 spells the defaults without the unit
+    cfg = parse("--default-ttft-target", "80", "--default-itl-target", "9")
+    assert (cfg.default_ttft_target_ms, cfg.default_itl_target_ms) == (80.0, 9.0)
+    monkeypatch.setenv("DYN_GLOBAL_ROUTER_CONFIG", "env.json")
+    monkeypatch.setenv("DYN_GLOBAL_ROUTER_MODEL_NAME", "env-model")
+    monkeypatch.setenv("DYN_GLOBAL_ROUTER_COMPONENT_NAME", "gr2")
+    monkeypatch.setenv("DYN_GLOBAL_ROUTER_DEFAULT_TTFT_TARGET", "70")  # the older variable name
+    monkeypatch.setenv("DYN_GLOBAL_ROUTER_DEFAULT_ITL_TARGET_MS", "7")
+    cfg = parse()
+    assert (cfg.config_path, cfg.model_name, cfg.component_name) == ("env.json", "env-model", "gr2")
+    assert (cfg.default_ttft_target_ms, cfg.default_itl_target_ms) == (70.0, 7.0)
+    monkeypatch.setenv("DYN_GLOBAL_ROUTER_DEFAULT_TTFT_TARGET_MS", "60")  # the current name wins
+    assert parse().default_ttft_target_ms == 60.0
+    assert parse("--default-ttft-target-ms", "5").default_ttft_target_ms == 5.0  # CLI wins
