@@ -8,6 +8,8 @@ pool would (a prefill result with ``disaggregated_params``; decode tokens report
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from dynamo.global_router.__main__ import serve
@@ -18,6 +20,7 @@ from dynamo.global_router.pool_selection import parse_config
 from dynamo.runtime import DistributedRuntime, errors
 from dynamo.runtime.discovery import registry
 from tests.support.deploy import QWEN
+from tests.support.procs import async_wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -175,4 +178,37 @@ async def test_priority_retry_walks_to_faster_pools_and_without_it_the_error_nam
             await collect(plain, {**request(5), "extra_args": {"ttft_target": "fast"}})
     finally:
         for rt in [client_rt, retrying, strict, fast, mid]:
+            await rt.shutdown(grace_period=0)
+
+
+async def test_a_caller_that_leaves_stops_the_pool_stream():
+    pool_rt = await DistributedRuntime.create("mem")
+    ended = asyncio.Event()
+
+    async def endless(request, ctx):
+        try:
+            while not ctx.is_stopped():
+                yield {"token_ids": [5]}
+                await asyncio.sleep(0.01)
+        finally:
+            ended.set()
+
+    await pool_rt.endpoint("dyn://gr_fast.router.generate").start_serving(endless)
+    cfg = agg(False)
+    cfg["agg_pool_selection_strategy"]["agg_pool_mapping"] = [[0], [0], [0]]
+    gr, metrics = await start_global_router(cfg, "grleave")
+    client_rt = await DistributedRuntime.create("mem")
+    try:
+        gen = await client_rt.endpoint("dyn://grleave.global_router.generate").client()
+        await gen.wait_for_instances(5)
+        stream = await gen.round_robin(request(5, max_tokens=10_000))
+        it = aiter(stream)
+        for _ in range(3):
+            await anext(it)
+        stream.cancel(kill=True)
+        await asyncio.wait_for(ended.wait(), 5)
+        await async_wait_for(lambda: metrics.requests.labels("agg", "gr_fast", "cancelled")._value.get() == 1, 5,
+                             what="the cancelled count")
+    finally:
+        for rt in [client_rt, gr, pool_rt]:
             await rt.shutdown(grace_period=0)
