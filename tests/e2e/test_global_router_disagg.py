@@ -9,6 +9,7 @@ Driven through the request plane the way the frontend's prefill router drives it
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -101,3 +102,41 @@ async def test_prefill_and_decode_legs_land_in_the_pools_the_grids_name(deployme
             assert items[-1]["finish_reason"] == "length"
     finally:
         await rt.shutdown(grace_period=0)
+
+
+def test_through_the_frontend_each_response_names_both_pools(deployment):
+    """The frontend's prefill router sends the prefill leg to the global router's prefill card and the
+    decode leg to its decode card; the response names the pool of each leg."""
+    import openai
+
+    deployment.start_frontend("--namespace", "dynamo")
+    deployment.wait_models({MODEL}, timeout=60)
+    client = openai.OpenAI(base_url=deployment.url + "/v1", api_key="x", max_retries=0, timeout=30)
+
+    def ask(nvext: dict, stream: bool = False):
+        return client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=4, stream=stream,
+            extra_body={"nvext": nvext})
+
+    def legs(raw) -> list[tuple[str, str]]:
+        routing = json.loads(raw.headers["x-dynamo-routing"])
+        return [(p["type"], p["namespace"]) for p in routing["global_router"]["pools"]]
+
+    # The prefill router may still be activating right after the model appears: wait until both legs show.
+    deadline = time.monotonic() + 30
+    while True:
+        raw = ask({"router": {"ttft_target": 100, "itl_target": 10}})
+        if len(legs(raw)) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert legs(raw) == [("prefill", "prefill_a"), ("decode", "decode_a")]
+    body = raw.parse()
+    assert body.usage.completion_tokens == 4
+    assert [p["namespace"] for p in body.model_extra["nvext"]["routing"]["global_router"]["pools"]] == [
+        "prefill_a", "decode_a"]
+    assert legs(ask({"router": {"ttft_target": 900, "itl_target": 90}})) == [("prefill", "prefill_b"),
+                                                                               ("decode", "decode_b")]
+    raw_stream = ask({"router": {"ttft_target": 100, "itl_target": 90}, "agent_hints": {"priority": 15}},
+                     stream=True)
+    assert legs(raw_stream) == [("prefill", "prefill_a"), ("decode", "decode_a")]
+    assert "".join(c.choices[0].delta.content or "" for c in raw_stream.parse() if c.choices)
