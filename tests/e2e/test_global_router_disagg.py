@@ -16,6 +16,7 @@ import pytest
 from dynamo.global_router.handler import MARKER
 from dynamo.runtime import DistributedRuntime
 from tests.support.deploy import QWEN, new_deployment
+from tests.support.procs import async_wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -56,8 +57,8 @@ def deployment():
         dep.close()
 
 
-def request(n_tokens: int, max_tokens: int, **extra) -> dict:
-    return {"model": MODEL, "token_ids": list(range(1000, 1000 + n_tokens)),
+def request(n_tokens: int, max_tokens: int, base: int = 1000, **extra) -> dict:
+    return {"model": MODEL, "token_ids": list(range(base, base + n_tokens)),
             "stop_conditions": {"max_tokens": max_tokens}, **extra}
 
 
@@ -85,8 +86,8 @@ async def test_prefill_and_decode_legs_land_in_the_pools_the_grids_name(deployme
             ((400, 100, 90, None), ("prefill_b", "decode_b")),  # a long prompt goes to prefill_b anyway
             ((64, 100, 90, 15), ("prefill_a", "decode_a")),  # the priority override picks decode_a
         ]
-        for (isl, ttft, itl, priority), (want_prefill, want_decode) in cases:
-            extra: dict = {"extra_args": {"ttft_target": ttft, "itl_target": itl}}
+        for n, ((isl, ttft, itl, priority), (want_prefill, want_decode)) in enumerate(cases):
+            extra: dict = {"extra_args": {"ttft_target": ttft, "itl_target": itl}, "base": 10_000 * (n + 1)}
             if priority is not None:
                 extra["routing"] = {"priority": priority}
             out = await collect(prefill, request(isl, 1, **extra))
@@ -100,6 +101,23 @@ async def test_prefill_and_decode_legs_land_in_the_pools_the_grids_name(deployme
             assert pools(items[0]) == [("prefill", want_prefill), ("decode", want_decode)]
             assert sum(len(i.get("token_ids") or ()) for i in items) == 4
             assert items[-1]["finish_reason"] == "length"
+
+        # Checked at the pools themselves: each prompt's KV blocks are cached in the pools the grids
+        # named (their routers' indexers hear it from the workers' KV events), and in no other pool.
+        probes = {pool: await rt.endpoint(f"dyn://{pool}.router.best_worker_id").client()
+                  for pool in ("prefill_a", "prefill_b", "decode_a", "decode_b")}
+
+        async def cached(pool: str, prompt: list[int]) -> int:
+            answer = await anext(aiter(await probes[pool].round_robin({"token_ids": prompt})))
+            return answer["overlap_blocks"]
+
+        for n, ((isl, *_), wanted) in enumerate(cases):
+            prompt = request(isl, 1, base=10_000 * (n + 1))["token_ids"]
+            for pool in wanted:
+                await async_wait_for(lambda pool=pool, prompt=prompt: cached(pool, prompt), 15,
+                                     what=f"case {n}'s prompt cached in {pool}")
+            for pool in set(probes) - set(wanted):
+                assert await cached(pool, prompt) == 0, (n, pool)
     finally:
         await rt.shutdown(grace_period=0)
 
