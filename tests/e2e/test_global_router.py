@@ -16,8 +16,9 @@ import httpx
 import openai
 import pytest
 
+from dynamo.runtime import DistributedRuntime
 from tests.support.deploy import QWEN, new_deployment
-from tests.support.procs import free_port, wait_for
+from tests.support.procs import async_wait_for, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -135,6 +136,34 @@ def test_agg_mode_routes_by_sla_targets(stack):
     assert stack.metric("dynamo_global_router_pool_ttft_seconds_count", pool="pool_fast") == 4
     assert stack.metric("dynamo_global_router_pool_ttft_target_seconds_count", pool="pool_slow") == 2
     assert stack.metric("dynamo_global_router_selection_seconds_count", pool_type="agg") == 6
+
+
+async def test_each_prompt_reaches_the_pool_the_grid_names(stack, monkeypatch):
+    """Checked at the pools: each prompt's KV blocks are cached in the named pool (its router's index,
+    fed by the workers' KV events) and not in the other."""
+    prompts = {}
+    for n, (pool, ttft) in enumerate((("pool_fast", 50), ("pool_slow", 900))):
+        prompt = list(range(20_000 + 1000 * n, 20_000 + 1000 * n + 64))
+        raw = stack.client.completions.with_raw_response.create(
+            model=MODEL, prompt=prompt, max_tokens=2, extra_body={"nvext": {"router": {"ttft_target": ttft}}})
+        assert served_pool(raw)["namespace"] == pool
+        prompts[pool] = prompt
+    monkeypatch.setenv("DYN_FILE_KV", stack.dep.env["DYN_FILE_KV"])
+    rt = await DistributedRuntime.create("file")
+    try:
+        probes = {pool: await rt.endpoint(f"dyn://{pool}.router.best_worker_id").client() for pool in prompts}
+
+        async def cached(pool: str, prompt: list[int]) -> int:
+            answer = await anext(aiter(await probes[pool].round_robin({"token_ids": prompt})))
+            return answer["overlap_blocks"]
+
+        for pool, prompt in prompts.items():
+            await async_wait_for(lambda pool=pool, prompt=prompt: cached(pool, prompt), 15,
+                                 what=f"the prompt cached in {pool}")
+            other = next(p for p in prompts if p != pool)
+            assert await cached(other, prompt) == 0
+    finally:
+        await rt.shutdown(grace_period=0)
 
 
 def test_a_dead_pool_router_fails_over_or_gets_503_without_hanging(stack):
