@@ -15,6 +15,7 @@ know survive the hop unchanged. The handler adds two things on the way back:
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +37,17 @@ MARKER = "dynamo_global_router"
 _NO_RETRY = (errors.InvalidArgument, errors.Cancelled)
 #: errors kept as they are when they end a request (they already map to the right status)
 _KEEP = (errors.InvalidArgument, errors.Cancelled, errors.ResourceExhausted)
+
+
+class Outcome(str, enum.Enum):
+    """How one pool's attempt at a request ended (the ``status`` label of the request counter)."""
+
+    SUCCESS = "success"
+    ERROR = "error"
+    #: failed before its first item; the request moved on to a faster pool
+    RETRIED = "retried"
+    #: the caller left before the pool finished
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,8 @@ class GlobalRouterHandler:
             yield item
 
     async def decode(self, request: Any, ctx: RequestContext) -> AsyncIterator[Any]:
-        prefill_explained = _unwrap_prefill(request)
         context_length = _token_count(request)
+        prefill_explained = _unwrap_prefill(request)
         itl = self._target(request, "itl_target", self.defaults.itl_ms)
         route = self._choose(PoolKind.DECODE, request, [context_length, itl.value])
         if prefill_explained is not None:
@@ -150,7 +162,7 @@ class GlobalRouterHandler:
             # The frontend closes the stream as soon as it sees a finish_reason, often before the pool's
             # end frame: a finish_reason counts as a complete request.
             ended = False
-            status: str | None = None
+            status: Outcome | None = None
             try:
                 stream = await self.clients[route.kind][pool].round_robin(request, headers)
                 async for item in stream:
@@ -175,15 +187,15 @@ class GlobalRouterHandler:
                 ended = True
             except errors.DynamoError as exc:
                 if route.served_pool is not None:
-                    status = "error"
+                    status = Outcome.ERROR
                     raise
                 if isinstance(exc, _NO_RETRY) or last:
-                    status = "error"
+                    status = Outcome.ERROR
                     if isinstance(exc, _KEEP):
                         raise
                     raise errors.Unavailable(
                         f"{kind} pool {pool} ({ns}) cannot serve the request: {exc}") from exc
-                status = "retried"
+                status = Outcome.RETRIED
                 nxt = route.order[attempt + 1]
                 logger.warning("%s pool %d (%s) failed before streaming (%s); retrying faster pool %d (%s)",
                                kind, pool, ns, exc, nxt, route.namespaces[nxt])
@@ -195,9 +207,9 @@ class GlobalRouterHandler:
                     # The client left (or we failed) mid-stream: stop the pool's work too.
                     stream.cancel(kill=True)
                 if status is None:
-                    status = "success" if ended else "cancelled"
-                m.requests.labels(kind, ns, status).inc()
-                if status == "success":
+                    status = Outcome.SUCCESS if ended else Outcome.CANCELLED
+                m.requests.labels(kind, ns, status.value).inc()
+                if status is Outcome.SUCCESS:
                     self._observe(route, ns, start, first_at, last_at, tokens_after_first, ttft, itl)
             return
 
