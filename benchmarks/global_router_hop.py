@@ -4,7 +4,7 @@ endpoint and through ``python -m dynamo.global_router`` (agg mode, one pool), ea
 The pool router is a stand-in echo endpoint at ``dyn://bench_pool.router.generate`` (it answers with
 token items at once), so the numbers are the hop itself: decode, pool choice, re-encode, one more
 request-plane round trip. Prints 1-item requests/s at concurrency 1 and 32, p50/p99 latency at
-concurrency 1, and streamed items/s (median of --runs).
+concurrency 1, and the token rate of one long stream of one-token items (median of --runs).
 
     python benchmarks/global_router_hop.py [--runs 3] [--requests 2000]
 """
@@ -58,9 +58,10 @@ def request(max_tokens: int) -> dict:
 
 
 async def one(client, max_tokens: int) -> int:
+    """Tokens received (items may carry several when the consumer lags behind)."""
     n = 0
-    async for _ in await client.round_robin(request(max_tokens)):
-        n += 1
+    async for item in await client.round_robin(request(max_tokens)):
+        n += len(item["token_ids"])
     return n
 
 
@@ -79,7 +80,7 @@ async def requests_per_s(client, total: int, concurrency: int) -> tuple[float, l
     return per * concurrency / (time.perf_counter() - t0), latencies
 
 
-async def items_per_s(client, items: int) -> float:
+async def tokens_per_s(client, items: int) -> float:
     t0 = time.perf_counter()
     n = await one(client, items)
     return n / (time.perf_counter() - t0)
@@ -113,11 +114,11 @@ async def run(args: argparse.Namespace) -> None:
                 p50.append(lat[len(lat) // 2] * 1e3)
                 p99.append(lat[int(len(lat) * 0.99)] * 1e3)
                 c32.append((await requests_per_s(client, args.requests, 32))[0])
-                stream.append(await items_per_s(client, args.items))
+                stream.append(await tokens_per_s(client, args.items))
             rows.append((label, *(statistics.median(v) for v in (c1, c32, p50, p99, stream))))
         print(f"\nglobal router hop (tcp request plane, each side its own process), median of {args.runs} runs")
         print(f"{'path':28} {'req/s c=1':>10} {'req/s c=32':>11} {'p50 ms c=1':>11} {'p99 ms c=1':>11} "
-              f"{'items/s':>10}")
+              f"{'tokens/s':>10}")
         for label, c1, c32, p50, p99, stream in rows:
             print(f"{label:28} {c1:10,.0f} {c32:11,.0f} {p50:11.3f} {p99:11.3f} {stream:10,.0f}")
     finally:
