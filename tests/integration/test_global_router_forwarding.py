@@ -212,3 +212,41 @@ async def test_a_caller_that_leaves_stops_the_pool_stream():
     finally:
         for rt in [client_rt, gr, pool_rt]:
             await rt.shutdown(grace_period=0)
+
+
+async def test_sla_misses_are_counted_against_the_target_that_routed_the_request():
+    pool_rt = await DistributedRuntime.create("mem")
+
+    async def slow_first_token(request, ctx):
+        await asyncio.sleep(0.05)
+        yield {"token_ids": [1]}
+        for _ in range(3):
+            await asyncio.sleep(0.02)
+            yield {"token_ids": [2]}
+        yield {"token_ids": [3], "finish_reason": "length"}
+
+    await pool_rt.endpoint("dyn://gr_fast.router.generate").start_serving(slow_first_token)
+    cfg = agg(False)
+    cfg["agg_pool_selection_strategy"]["agg_pool_mapping"] = [[0], [0], [0]]
+    gr, metrics = await start_global_router(cfg, "grsla")
+    client_rt = await DistributedRuntime.create("mem")
+    try:
+        gen = await client_rt.endpoint("dyn://grsla.global_router.generate").client()
+        await gen.wait_for_instances(5)
+
+        def misses(sla: str) -> float:
+            return metrics.sla_misses.labels("agg", "gr_fast", sla)._value.get()
+
+        await collect(gen, request(5, ttft=10, itl=5))  # 50 ms to the first token, ~20 ms between tokens
+        assert (misses("ttft"), misses("itl")) == (1, 1)
+        await collect(gen, request(5, ttft=290, itl=90))  # both met
+        assert (misses("ttft"), misses("itl")) == (1, 1)
+        await collect(gen, request(5))  # no target named: the midpoint routes it but is no promise
+        assert (misses("ttft"), misses("itl")) == (1, 1)
+        text = metrics.render().decode()
+        assert 'dynamo_global_router_pool_itl_seconds_count{pool="gr_fast",pool_type="agg"} 3.0' in text
+        # only named targets (request or default) are recorded: the midpoint request is not
+        assert 'dynamo_global_router_pool_ttft_target_seconds_count{pool="gr_fast",pool_type="agg"} 2.0' in text
+    finally:
+        for rt in [client_rt, gr, pool_rt]:
+            await rt.shutdown(grace_period=0)
