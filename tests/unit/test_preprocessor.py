@@ -149,6 +149,16 @@ def test_guided_decoding_and_routing_hints(qwen_pp: OpenAIPreprocessor) -> None:
     assert qwen_pp.preprocess_chat(chat()).request.routing is None
 
 
+def test_sla_targets_travel_in_extra_args(qwen_pp: OpenAIPreprocessor) -> None:
+    r = qwen_pp.preprocess_chat(chat(nvext={"router": {"ttft_target": 120, "itl_target": 7.5}})).request
+    assert r.extra_args == {"ttft_target": 120, "itl_target": 7.5}
+    r = qwen_pp.preprocess_chat(chat(nvext={"router": {"itl_target": 3}})).request
+    assert r.extra_args == {"itl_target": 3}
+    assert qwen_pp.preprocess_chat(chat()).request.extra_args is None
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        chat(nvext={"router": {"ttft_target": -1}})
+
+
 def test_completion_text_prompt_adds_bos(llama_pp: OpenAIPreprocessor) -> None:
     (res,) = llama_pp.preprocess_completion(comp(prompt="Hello world", max_tokens=8), request_id="c")
     assert res.request.token_ids == [1, 15043, 3186]

@@ -299,13 +299,20 @@ class ModelEngine:
 
     async def choice_stream(self, pre: PreprocessResult, instance_id: int | None = None,
                             on_decision: Any = None, on_instance: Callable[[int], None] | None = None,
-                            prefill_instance_id: int | None = None) -> AsyncIterator[StepResult]:
+                            prefill_instance_id: int | None = None,
+                            on_explain: Callable[[dict[str, Any]], None] | None = None,
+                            ) -> AsyncIterator[StepResult]:
         """Detokenized, stop-checked results for one choice; the last one carries ``finish_reason``.
-        ``on_instance`` is told each worker instance the choice is dispatched to."""
+        ``on_instance`` is told each worker instance the choice is dispatched to; ``on_explain`` each
+        routing explanation a worker returns (``extra_args["routing"]``, e.g. the global router's pools)."""
         checker = StopChecker.for_request(self.tokenizer, pre.request)
         stream = self.engine_stream(pre.request, instance_id, on_decision, on_instance, prefill_instance_id)
         try:
             async for out in stream:
+                if on_explain is not None and out.extra_args:
+                    explained = out.extra_args.get("routing")
+                    if isinstance(explained, dict):
+                        on_explain(explained)
                 res = checker.process_output(out)
                 if res.finish_reason is None and out.finish_reason is not None:
                     res.finish_reason = out.finish_reason

@@ -245,8 +245,9 @@ class FrontendApp:
         decisions: list[Any] = []
         on_decision = decisions.append if engine.supports_decisions else None
         served: list[int] = []  # the instance serving the first choice (the last one, after a migration)
+        explained: list[dict[str, Any]] = []  # routing explanations the worker returned for the first choice
         streams = [engine.choice_stream(p, instance_id, on_decision, on_instance=served.append if i == 0 else None,
-                                        prefill_instance_id=prefill_id)
+                                        prefill_instance_id=prefill_id, on_explain=explained.append if i == 0 else None)
                    for i, p in enumerate(pres)]
         merged = merge_streams(streams) if len(streams) > 1 else _indexed(streams[0])
         completion_tokens = [0] * len(pres)
@@ -276,7 +277,7 @@ class FrontendApp:
                     continue
                 if not started:
                     await send({"type": "http.response.start", "status": 200,
-                                "headers": SSE_HEADERS + _decision_headers(decisions) + _served_header(served)})
+                                "headers": SSE_HEADERS + _decision_headers(decisions, explained) + _served_header(served)})
                     started = True
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             total = sum(completion_tokens)
@@ -290,14 +291,16 @@ class FrontendApp:
             if stream_mode:
                 if not started:
                     await send({"type": "http.response.start", "status": 200,
-                                "headers": SSE_HEADERS + _decision_headers(decisions) + _served_header(served)})
+                                "headers": SSE_HEADERS + _decision_headers(decisions, explained) + _served_header(served)})
                     started = True
                 watch.disarm()
                 await send({"type": "http.response.body", "body": writer.end(usage), "more_body": False})
             else:
                 payload = writer.end(usage)
+                if explained and isinstance(payload, dict):
+                    payload["nvext"] = {"routing": _routing(decisions, explained)}
                 watch.disarm()
-                await send_json(send, 200, payload, JSON_HEADERS + _decision_headers(decisions) + _served_header(served))
+                await send_json(send, 200, payload, JSON_HEADERS + _decision_headers(decisions, explained) + _served_header(served))
             mm.isl.observe(prompt_tokens)
             mm.osl.observe(total)
             mm.output_tokens.inc(total)
@@ -440,11 +443,20 @@ def _served_header(served: list[int]) -> list[tuple[bytes, bytes]]:
     return [(b"x-dynamo-worker-instance-id", str(served[-1]).encode())]
 
 
-def _decision_headers(decisions: list[Any]) -> list[tuple[bytes, bytes]]:
-    """``x-dynamo-routing``: the KV router's decision for the first choice (worker, overlap, cost terms)."""
-    if not decisions:
+def _routing(decisions: list[Any], explained: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first choice's routing: the KV router's decision (worker, overlap, cost terms) merged with
+    what the worker explained (the global router's pools; the latest one, after a migration)."""
+    out: dict[str, Any] = decisions[0].to_dict() if decisions else {}
+    if explained:
+        out.update(explained[-1])
+    return out
+
+
+def _decision_headers(decisions: list[Any], explained: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+    """``x-dynamo-routing``: see :func:`_routing`."""
+    if not decisions and not explained:
         return []
-    return [(b"x-dynamo-routing", orjson.dumps(decisions[0].to_dict()))]
+    return [(b"x-dynamo-routing", orjson.dumps(_routing(decisions, explained)))]
 
 
 async def _indexed(stream: Any) -> Any:

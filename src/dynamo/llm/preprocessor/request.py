@@ -246,6 +246,7 @@ class OpenAIPreprocessor:
         )
         routing = None
         annotations: list[str] = []
+        extra_args: dict[str, Any] | None = None
         if nvext is not None:
             hints = nvext.agent_hints
             if (nvext.backend_instance_id is not None or nvext.dp_rank is not None or nvext.lora_name
@@ -259,6 +260,11 @@ class OpenAIPreprocessor:
                 )
             if nvext.annotations:
                 annotations = list(nvext.annotations)
+            targets = nvext.router
+            if targets is not None and (targets.ttft_target is not None or targets.itl_target is not None):
+                # Carried as the reference carries them: extra_args.ttft_target / itl_target (ms).
+                extra_args = {k: v for k, v in (("ttft_target", targets.ttft_target),
+                                                ("itl_target", targets.itl_target)) if v is not None}
         return PreprocessedRequest(
             model=self.model_name,
             token_ids=token_ids,
@@ -270,6 +276,7 @@ class OpenAIPreprocessor:
             annotations=annotations,
             routing=routing,
             request_id=request_id,
+            extra_args=extra_args,
         )
 
 

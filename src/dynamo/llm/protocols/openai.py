@@ -142,6 +142,13 @@ class AgentHints(_Lenient):
     speculative_prefill: bool | None = None
 
 
+class RouterTargets(_Lenient):
+    """``nvext.router``: the request's SLA targets in ms; the global router picks a pool with them."""
+
+    ttft_target: float | None = Field(default=None, ge=0)
+    itl_target: float | None = Field(default=None, ge=0)
+
+
 class NvExt(_Lenient):
     """Dynamo's request extension (``nvext``): routing hints and raw-prompt controls."""
 
@@ -154,6 +161,7 @@ class NvExt(_Lenient):
     dp_rank: NonNegInt64 | None = None
     prefill_dp_rank: NonNegInt64 | None = None
     agent_hints: AgentHints | None = None
+    router: RouterTargets | None = None
     guided_json: Any = None
     guided_regex: str | None = None
     guided_grammar: str | None = None
