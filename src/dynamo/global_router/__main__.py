@@ -9,14 +9,13 @@ chat/completions card (``{ns}.{component}.decode_generate``: request length x IT
 decode pool); agg mode registers one chat/completions card (``{ns}.{component}.generate``: TTFT x ITL
 targets, optionally prompt length). Targets come from the request (``nvext.router.ttft_target`` /
 ``itl_target``, in ms), else ``--default-*-target-ms``, else the grid's midpoint; priority from
-``nvext.agent_hints.priority``. With ``DYN_SYSTEM_PORT`` set, Prometheus metrics are served there.
+``nvext.agent_hints.priority``. With ``DYN_SYSTEM_PORT`` set, a status server there answers /health, /live and /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 from dynamo.common import cli
 from dynamo.common.configuration import dump_config
@@ -54,23 +53,6 @@ async def connect_pools(runtime: DistributedRuntime, pools: GlobalRouterConfig,
 
     await asyncio.gather(*(wait(kind, i, c) for kind, cs in clients.items() for i, c in enumerate(cs)))
     return clients
-
-
-def start_metrics_server(metrics: GlobalRouterMetrics) -> None:
-    """Prometheus text on ``DYN_SYSTEM_HOST:DYN_SYSTEM_PORT`` (any path), like every worker-side process."""
-    raw = os.environ.get("DYN_SYSTEM_PORT")
-    if not raw:
-        return
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ConfigError(f"invalid value {raw!r} for environment variable DYN_SYSTEM_PORT (expected an integer)")\
-            from None
-    from prometheus_client import start_http_server
-
-    host = os.environ.get("DYN_SYSTEM_HOST", "0.0.0.0")
-    start_http_server(port, addr=host, registry=metrics.registry)
-    logger.info("metrics on http://%s:%d/metrics", host, port)
 
 
 async def serve(config: GlobalRouterArgs, pools: GlobalRouterConfig, runtime: DistributedRuntime,
@@ -114,10 +96,14 @@ def main(argv: list[str] | None = None) -> None:
     async def amain() -> None:
         dump_config(config.dump_config_to, config)
         metrics = GlobalRouterMetrics()
-        start_metrics_server(metrics)
         runtime = await DistributedRuntime.from_settings(config)
         install_signal_handlers(runtime)
+        # DYN_SYSTEM_PORT: /health (ready once the pools are connected and both legs registered), /live,
+        # /metrics with the runtime's and the global router's own metrics.
+        await runtime.start_status_server()
+        runtime.add_metrics_registry(metrics.registry)
         await serve(config, pools, runtime, metrics)
+        runtime.health.set_engine_ready()
         await runtime.wait_for_shutdown()
 
     cli.run(amain)
