@@ -158,12 +158,17 @@ class Scheduler:
     # ------------------------------------------------------------------------------------- requests
 
     def add_request(self, request_id: str, token_ids: Sequence[int], max_tokens: int, *,
-                    transferred: bool = False) -> None:
+                    transferred: bool = False,
+                    block_hashes: tuple[Sequence[int], Sequence[int]] | None = None) -> None:
         """Queue a request at the back of the waiting queue.
 
         ``transferred``: the decode leg of a disaggregated request whose prompt KV a prefill worker
         computed; at admission its prompt blocks are allocated (and announced in KV events) with no
         prefill time. If it is preempted the transferred KV is gone and it recomputes its prompt here.
+
+        ``block_hashes``: ``(local, sequence)`` hashes of the prompt's leading full blocks, when the
+        caller already has them (trace replay memoises them per shared prefix, so the mocker does not
+        hash the same system prompt thousands of times).
 
         Raises :class:`InvalidArgument` for a duplicate id, an empty prompt, ``max_tokens < 1``, or a
         prompt that can never fit the KV cache / ``max_model_len``.
@@ -196,7 +201,12 @@ class Scheduler:
             max_tokens = min(max_tokens, room)
         reasoning = self._reasoning
         num_thinking = reasoning.num_thinking_tokens(max_tokens) if reasoning is not None else 0
-        req = _Request(request_id, self.kv.new_sequence(token_ids), max_tokens, num_thinking, transferred)
+        seq = self.kv.new_sequence(token_ids)
+        if block_hashes is not None:
+            local, chained = block_hashes
+            seq.local_hashes = list(local[: len(token_ids) // bs])
+            seq.seq_hashes = list(chained[: len(seq.local_hashes)])
+        req = _Request(request_id, seq, max_tokens, num_thinking, transferred)
         self._requests[request_id] = req
         self._waiting.append(req)
 

@@ -1,0 +1,285 @@
+"""Trace replay in simulated time: the mocker's scheduler/KV manager per worker plus a routing policy.
+
+The clock is event-driven: a heap of *arrivals* and *pass ends*, popped in time order. A worker runs
+one scheduling pass (:meth:`Scheduler.step`) when it is idle and has work, or right when its previous
+pass ends; the pass's tokens are delivered at ``start + duration``. An idle worker costs nothing: the
+clock jumps straight to the next event, so an hour of sparse traffic is not simulated pass by pass.
+
+What the router sees follows a live deployment: KV events when the pass that caused them starts
+(the mocker publishes them at pass start), prefill completion at a request's first token, the free at
+its last. At equal times pass ends go before arrivals (a request arriving as another finishes sees
+the freed load), and ties within a kind keep insertion order, so a replay is deterministic under its
+seed. No asyncio, no sockets, no wall clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from dynamo.kv_router.config import KvRouterConfig
+from dynamo.kv_router.protocols import RouterEvent
+from dynamo.mocker.args import MockEngineArgs
+from dynamo.mocker.perf_model import load_perf_model
+from dynamo.mocker.scheduler import Scheduler
+from dynamo.replay.routing import KvRoutingPolicy, make_policy
+from dynamo.replay.workload import PromptBuilder, TraceRequest
+from dynamo.runtime.errors import InvalidArgument
+
+_PASS_END = 0
+_ARRIVAL = 1
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """The life of one request in simulated milliseconds (what the report is computed from)."""
+
+    index: int
+    arrival_ms: float
+    input_length: int
+    output_length: int
+    worker: int = -1
+    predicted_cached_tokens: int = 0
+    #: cached prompt tokens at its first admission (``reused_input_tokens``)
+    reused_tokens: int = -1
+    admissions: int = 0
+    reused_all_admissions: int = 0
+    first_token_ms: float | None = None
+    second_token_ms: float | None = None
+    last_token_ms: float | None = None
+    tokens: int = 0
+    status: str = "pending"  # pending | completed | rejected
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first_token_ms is None else self.first_token_ms - self.arrival_ms
+
+    @property
+    def e2e_ms(self) -> float | None:
+        return None if self.last_token_ms is None else self.last_token_ms - self.arrival_ms
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    records: list[RequestRecord]
+    #: every inter-token gap of every request, in ms (the ITL distribution)
+    itl_ms: array = field(default_factory=lambda: array("d"))
+    duration_ms: float = 0.0
+    num_passes: int = 0
+    num_preemptions: int = 0
+
+
+class _Worker:
+    __slots__ = ("busy", "index", "pass_result", "sched")
+
+    def __init__(self, index: int, sched: Scheduler) -> None:
+        self.index = index
+        self.sched = sched
+        self.busy = False
+        self.pass_result = None
+
+
+class ReplaySimulation:
+    """One replay of ``requests`` over ``num_workers`` mocker workers (see the module docstring)."""
+
+    def __init__(
+        self,
+        requests: Sequence[TraceRequest],
+        *,
+        engine_args: MockEngineArgs | None = None,
+        num_workers: int = 1,
+        router_mode: str = "round_robin",
+        router_config: KvRouterConfig | None = None,
+        trace_block_size: int = 512,
+        arrival_speedup_ratio: float = 1.0,
+        replay_concurrency: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if num_workers < 1:
+            raise InvalidArgument("--num-workers must be >= 1")
+        if not arrival_speedup_ratio > 0:
+            raise InvalidArgument("--arrival-speedup-ratio must be > 0")
+        if replay_concurrency is not None and replay_concurrency < 1:
+            raise InvalidArgument("--replay-concurrency must be >= 1")
+        args = engine_args or MockEngineArgs()
+        args.validate()
+        self.args = args
+        self.requests = list(requests)
+        self.replay_concurrency = replay_concurrency
+        self.speedup = arrival_speedup_ratio
+        self.prompts = PromptBuilder(trace_block_size, args.block_size)
+        self.policy = make_policy(router_mode, num_workers, args.block_size, args.max_num_batched_tokens,
+                                  router_config, seed)
+        perf = load_perf_model(args.planner_profile_data)
+        self.workers: list[_Worker] = []
+        for w in range(num_workers):
+            sched = Scheduler(args, worker_id=w, event_sink=self._sink, perf_model=perf,
+                              seed=seed * 1_000_003 + w)
+            self.workers.append(_Worker(w, sched))
+        self.records = [RequestRecord(i, 0.0, r.input_length, r.output_length)
+                        for i, r in enumerate(self.requests)]
+        self._heap: list[tuple[float, int, int, int]] = []
+        self._seq = 0
+        self._pending: dict[str, tuple[list[int], tuple[list[int], list[int]]]] = {}
+        self.itl = array("d")
+        self.num_passes = 0
+
+    def _sink(self, event: RouterEvent) -> None:
+        self.policy.on_event(event)
+
+    def _push(self, t: float, kind: int, payload: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, kind, self._seq, payload))
+
+    # ------------------------------------------------------------------------------------- arrivals
+
+    def _schedule_arrivals(self) -> None:
+        reqs = self.requests
+        if self.replay_concurrency is not None:
+            # Closed loop: the trace's order, ``replay_concurrency`` in flight, timestamps ignored.
+            self._next_closed = min(self.replay_concurrency, len(reqs))
+            for i in range(self._next_closed):
+                self._push(0.0, _ARRIVAL, i)
+            return
+        self._session_next: dict[int, int] = {}
+        t0 = min((r.arrival_ms for r in reqs), default=0.0)
+        last_of_session: dict[str, int] = {}
+        for i, r in enumerate(reqs):
+            prev = last_of_session.get(r.session_id) if r.session_id is not None else None
+            if r.session_id is not None:
+                last_of_session[r.session_id] = i
+            if prev is not None and r.delay_ms is not None:
+                self._session_next[prev] = i  # arrives ``delay`` after ``prev`` finishes
+                continue
+            self._push((r.arrival_ms - t0) / self.speedup, _ARRIVAL, i)
+
+    def _on_done(self, index: int, now: float) -> None:
+        if self.replay_concurrency is not None:
+            if self._next_closed < len(self.requests):
+                self._push(now, _ARRIVAL, self._next_closed)
+                self._next_closed += 1
+            return
+        nxt = self._session_next.pop(index, None)
+        if nxt is not None:
+            self._push(now + (self.requests[nxt].delay_ms or 0.0) / self.speedup, _ARRIVAL, nxt)
+
+    def _arrive(self, index: int, now: float) -> None:
+        rec = self.records[index]
+        rec.arrival_ms = now
+        tokens, hashes = self.prompts.build(self.requests[index])
+        rid = str(index)
+        decision = self.policy.route(rid, len(tokens), hashes[0], hashes[1], now)
+        if decision is None:
+            self._pending[rid] = (tokens, hashes)  # queued by the router until a worker has room
+            return
+        self._dispatch(index, tokens, hashes, decision, now)
+
+    def _dispatch(self, index: int, tokens: list[int], hashes: tuple[list[int], list[int]],
+                  decision: tuple[int, int], now: float) -> None:
+        rec = self.records[index]
+        w, overlap = decision
+        rec.worker = w
+        rec.predicted_cached_tokens = overlap * self.args.block_size
+        worker = self.workers[w]
+        try:
+            worker.sched.add_request(str(index), tokens, self.requests[index].output_length, block_hashes=hashes)
+        except InvalidArgument:
+            rec.status = "rejected"
+            self.policy.on_finished(str(index))
+            self._on_done(index, now)
+            return
+        if not worker.busy:
+            self._start_pass(worker, now)
+
+    def _release_queued(self, now: float) -> None:
+        policy = self.policy
+        if not isinstance(policy, KvRoutingPolicy):
+            return
+        while self._pending:
+            ready = policy.release_waiting(now)
+            if not ready:
+                return
+            for rid in ready:
+                tokens, hashes = self._pending.pop(rid)
+                decision = policy.route(rid, len(tokens), hashes[0], hashes[1], now, from_queue=True)
+                assert decision is not None
+                self._dispatch(int(rid), tokens, hashes, decision, now)
+
+    # ------------------------------------------------------------------------------------- passes
+
+    def _start_pass(self, worker: _Worker, now: float) -> None:
+        res = worker.sched.step()
+        self.num_passes += 1
+        records = self.records
+        for rid, cached in res.admitted:
+            rec = records[int(rid)]
+            rec.admissions += 1
+            rec.reused_all_admissions += cached
+            if rec.reused_tokens < 0:
+                rec.reused_tokens = cached
+        for rid in res.rejected:
+            records[int(rid)].status = "rejected"
+            self.policy.on_finished(rid)
+            self._on_done(int(rid), now)
+        if res.duration_ms <= 0.0 and not res.emitted:
+            worker.busy = False  # nothing could run; the next arrival wakes the worker
+            return
+        worker.busy = True
+        worker.pass_result = res
+        self._push(now + res.duration_ms, _PASS_END, worker.index)
+
+    def _end_pass(self, worker: _Worker, now: float) -> None:
+        res = worker.pass_result
+        worker.pass_result = None
+        records = self.records
+        itl = self.itl
+        policy = self.policy
+        for rid, _token in res.emitted:
+            rec = records[int(rid)]
+            n = rec.tokens
+            if n == 0:
+                rec.first_token_ms = now
+                policy.on_first_token(rid)
+            else:
+                if n == 1:
+                    rec.second_token_ms = now
+                itl.append(now - rec.last_token_ms)
+            rec.last_token_ms = now
+            rec.tokens = n + 1
+        for rid in res.finished:
+            idx = int(rid)
+            records[idx].status = "completed"
+            policy.on_finished(rid)
+            self._on_done(idx, now)
+        if res.finished:
+            self._release_queued(now)
+        if worker.sched.is_idle:
+            worker.busy = False
+        else:
+            self._start_pass(worker, now)
+
+    # ------------------------------------------------------------------------------------- run
+
+    def run(self, progress: Callable[[int], None] | None = None) -> ReplayResult:
+        """Replay every request to completion; ``progress(n)`` is called with each finished count."""
+        self._schedule_arrivals()
+        heap = self._heap
+        pop = heapq.heappop
+        workers = self.workers
+        done = 0
+        now = 0.0
+        while heap:
+            now, kind, _seq, payload = pop(heap)
+            if kind == _PASS_END:
+                worker = workers[payload]
+                before = len(worker.pass_result.finished) + len(worker.pass_result.rejected)
+                self._end_pass(worker, now)
+                if progress is not None and before:
+                    done += before
+                    progress(done)
+            else:
+                self._arrive(payload, now)
+        preemptions = sum(w.sched.num_preemptions for w in workers)
+        return ReplayResult(self.records, self.itl, now, self.num_passes, preemptions)
