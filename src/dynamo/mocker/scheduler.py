@@ -379,6 +379,64 @@ class Scheduler:
         result.active_blocks = kv.num_active_blocks
         return result
 
+    def step_decode_span(self, max_ms: float, max_passes: int = 1 << 30) -> list[float]:
+        """Run consecutive pure-decode passes at once; returns their durations (empty if none ran).
+
+        Only when every running request is decoding, nothing waits, no reasoning markers are due, and
+        each pass would equal :meth:`step`: no request needs a new KV block or emits its last token
+        within the span (those passes go through :meth:`step`). A pass is included while the span's
+        elapsed time before it is below ``max_ms`` (the caller's next outside event). Tokens and RNG
+        draws are exactly those of the same passes run one by one. Trace replay uses this to skip the
+        per-pass bookkeeping of long decode stretches.
+        """
+        args = self.args
+        running = self._running
+        n = len(running)
+        if (not n or self._waiting or self._reasoning is not None or args.worker_type != "aggregated"
+                or n > args.max_num_batched_tokens or max_ms <= 0.0):
+            return []
+        bs = args.block_size
+        k = max_passes
+        total_len = 0
+        for req in running:
+            c = req.computed
+            tokens = req.tokens
+            if len(tokens) - c != 1 or c < req.prompt_len:
+                return []
+            seq = req.seq
+            cap = len(seq.blocks) * bs
+            tail_cap = (seq.num_full + 1) * bs - 1
+            free = (cap if cap < tail_cap else tail_cap) - c
+            left = req.max_tokens - req.generated - 1
+            if free < k:
+                k = free
+            if left < k:
+                k = left
+            if k <= 0:
+                return []
+            total_len += len(tokens)
+        active_kv = self.kv.num_active_blocks * bs
+        total_kv = args.num_gpu_blocks * bs
+        scale = args.speedup_ratio * args.decode_speedup_ratio
+        predict = self.perf.predict_decode_ms
+        rand = self._rng.random
+        span = TOKEN_ID_HIGH - TOKEN_ID_LOW
+        durations: list[float] = []
+        elapsed = 0.0
+        for _ in range(k):
+            if elapsed >= max_ms:
+                break
+            d = predict(n, active_kv, total_len // n, total_kv) / scale
+            for req in running:
+                req.computed += 1
+                req.tokens.append(TOKEN_ID_LOW + int(rand() * span))
+                req.generated += 1
+            total_len += n
+            durations.append(d)
+            elapsed += d
+        self._pass_id += len(durations)
+        return durations
+
     def _schedule(
         self,
         req: _Request,

@@ -15,6 +15,7 @@ seed. No asyncio, no sockets, no wall clock.
 from __future__ import annotations
 
 import heapq
+import math
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class ReplaySimulation:
         arrival_speedup_ratio: float = 1.0,
         replay_concurrency: int | None = None,
         seed: int = 0,
+        fast_forward: bool = True,
     ) -> None:
         if num_workers < 1:
             raise InvalidArgument("--num-workers must be >= 1")
@@ -125,6 +127,12 @@ class ReplaySimulation:
         self._pending: dict[str, tuple[list[int], tuple[list[int], list[int]]]] = {}
         self.itl = array("d")
         self.num_passes = 0
+        self.fast_forward = fast_forward
+        #: open-loop arrival times in order, and how many have arrived (the decode-span horizon)
+        self._arrival_times: list[float] = []
+        self._arrived = 0
+        #: arrivals are created while replaying (closed loop, multi-turn sessions)
+        self._dynamic_arrivals = replay_concurrency is not None
 
     def _sink(self, event: RouterEvent) -> None:
         self.policy.on_event(event)
@@ -152,8 +160,12 @@ class ReplaySimulation:
                 last_of_session[r.session_id] = i
             if prev is not None and r.delay_ms is not None:
                 self._session_next[prev] = i  # arrives ``delay`` after ``prev`` finishes
+                self._dynamic_arrivals = True
                 continue
-            self._push((r.arrival_ms - t0) / self.speedup, _ARRIVAL, i)
+            t = (r.arrival_ms - t0) / self.speedup
+            self._arrival_times.append(t)
+            self._push(t, _ARRIVAL, i)
+        self._arrival_times.sort()
 
     def _on_done(self, index: int, now: float) -> None:
         if self.replay_concurrency is not None:
@@ -166,6 +178,7 @@ class ReplaySimulation:
             self._push(now + (self.requests[nxt].delay_ms or 0.0) / self.speedup, _ARRIVAL, nxt)
 
     def _arrive(self, index: int, now: float) -> None:
+        self._arrived += 1
         rec = self.records[index]
         rec.arrival_ms = now
         tokens, hashes = self.prompts.build(self.requests[index])
@@ -209,7 +222,27 @@ class ReplaySimulation:
 
     # ------------------------------------------------------------------------------------- passes
 
+    def _horizon(self) -> float:
+        """Until when nothing from outside can reach an idle-looking worker: the next arrival.
+
+        With arrivals created on the fly (closed loop, sessions) or requests parked in the router's
+        queue (released by other workers' completions), the next event of any kind bounds it instead.
+        """
+        if self._dynamic_arrivals or self._pending:
+            return self._heap[0][0] if self._heap else math.inf
+        times = self._arrival_times
+        return times[self._arrived] if self._arrived < len(times) else math.inf
+
     def _start_pass(self, worker: _Worker, now: float) -> None:
+        if self.fast_forward:
+            horizon = self._horizon()
+            if horizon > now:
+                durations = worker.sched.step_decode_span(horizon - now)
+                if durations:
+                    self._push(self._record_span(worker, now, durations), _PASS_END, worker.index)
+                    worker.busy = True
+                    worker.pass_result = None
+                    return
         res = worker.sched.step()
         self.num_passes += 1
         records = self.records
@@ -230,9 +263,43 @@ class ReplaySimulation:
         worker.pass_result = res
         self._push(now + res.duration_ms, _PASS_END, worker.index)
 
+    def _record_span(self, worker: _Worker, now: float, durations: list[float]) -> float:
+        """Book the tokens of a decode span (every running request, one per pass); returns its end.
+
+        Nothing in a span is visible to the router (no KV events, first tokens or frees), so booking
+        it ahead of the clock changes no decision. Pass end times are summed one pass at a time, as
+        the event loop would, so they match the pass-by-pass replay exactly.
+        """
+        self.num_passes += len(durations)
+        ends: list[float] = []
+        t = now
+        for d in durations:
+            t += d
+            ends.append(t)
+        first = ends[0]
+        itl = self.itl
+        records = self.records
+        ids = worker.sched.running_ids()
+        for rid in ids:
+            rec = records[int(rid)]
+            itl.append(first - rec.last_token_ms)
+            if rec.tokens == 1:
+                rec.second_token_ms = first
+            rec.last_token_ms = t
+            rec.tokens += len(durations)
+        n = len(ids)
+        prev = first
+        for end in ends[1:]:
+            itl.extend([end - prev] * n)
+            prev = end
+        return t
+
     def _end_pass(self, worker: _Worker, now: float) -> None:
         res = worker.pass_result
         worker.pass_result = None
+        if res is None:  # the end of a decode span: its tokens are already booked
+            self._start_pass(worker, now)
+            return
         records = self.records
         itl = self.itl
         policy = self.policy
@@ -274,7 +341,8 @@ class ReplaySimulation:
             now, kind, _seq, payload = pop(heap)
             if kind == _PASS_END:
                 worker = workers[payload]
-                before = len(worker.pass_result.finished) + len(worker.pass_result.rejected)
+                res = worker.pass_result
+                before = 0 if res is None else len(res.finished) + len(res.rejected)
                 self._end_pass(worker, now)
                 if progress is not None and before:
                     done += before
