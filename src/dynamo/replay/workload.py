@@ -129,49 +129,65 @@ class PromptBuilder:
         base = (hash_id * tbs) % (_U32 - tbs)
         return list(range(base, base + tbs))
 
-    def build(self, req: TraceRequest) -> tuple[list[int], tuple[list[int], list[int]]]:
-        """``(token_ids, (local_hashes, sequence_hashes))`` of the request's full prompt blocks."""
+    def _tokens_at(self, req: TraceRequest, start: int, stop: int) -> list[int]:
+        """The prompt's real token ids in ``[start, stop)``."""
         tbs = self.trace_block_size
-        isl = req.input_length
-        tokens: list[int] = []
-        for h in req.hash_ids:
-            if len(tokens) >= isl:
-                break
-            tokens.extend(self._block_tokens(h))
-        if len(tokens) < isl:
-            # Past the trace's ids: private tokens from the top of the u32 range, never shared.
-            need = isl - len(tokens)
-            start = _U32 - 1 - self._private - need
-            self._private = (self._private + need) % (_U32 // 2)
-            tokens.extend(range(start, start + need))
-        del tokens[isl:]
+        out: list[int] = []
+        pos = start
+        while pos < stop:
+            i, off = divmod(pos, tbs)
+            end = min(stop, (i + 1) * tbs)
+            if i < len(req.hash_ids):
+                base = (req.hash_ids[i] * tbs) % (_U32 - tbs)
+                out.extend(range(base + off, base + off + end - pos))
+            else:
+                out.extend(self._private_tokens(end - pos))
+            pos = end
+        return out
+
+    def _private_tokens(self, n: int) -> range:
+        # Past the trace's ids: private tokens from the top of the u32 range, never shared.
+        start = _U32 - 1 - self._private - n
+        self._private = (self._private + n) % (_U32 // 2)
+        return range(start, start + n)
+
+    def build(self, req: TraceRequest) -> tuple[list[int], tuple[list[int], list[int]]]:
+        """``(token_ids, (local_hashes, sequence_hashes))``, hashes covering every full prompt block.
+
+        The mocker reads a prompt's token ids only to hash blocks it was not given hashes for, so the
+        full blocks carry placeholder zeros and only the partial tail block has its real ids: building
+        ten thousand token lists per trace costs a ``[0] * n`` each instead of a Python loop.
+        """
+        tbs = self.trace_block_size
         bs = self.block_size
+        isl = req.input_length
         full = isl // bs
+        tokens = [0] * (full * bs)
+        tokens.extend(self._tokens_at(req, full * bs, isl))
         if not self._aligned:
-            local = compute_block_hashes(tokens[: full * bs], bs)
+            local = compute_block_hashes(self._tokens_at(req, 0, full * bs), bs)
             return tokens, (local, compute_seq_hashes(local))
         per_id = tbs // bs
         local_all: list[int] = []
         seq_all: list[int] = []
         parent: int | None = None
         memo = self._memo
-        for i, h in enumerate(req.hash_ids):
+        for h in req.hash_ids:
             if len(local_all) >= full:
                 break
             key = (parent, h)
             hit = memo.get(key)
             if hit is None:
-                local = compute_block_hashes(tokens[i * tbs : i * tbs + tbs], bs) if (i + 1) * tbs <= isl \
-                    else compute_block_hashes(self._block_tokens(h), bs)
+                local = compute_block_hashes(self._block_tokens(h), bs)
                 hit = (local, compute_seq_hashes(local, parent))
                 memo[key] = hit
             local_all.extend(hit[0])
             seq_all.extend(hit[1])
             parent = hit[1][per_id - 1]
         if len(local_all) < full:
-            # Private tail blocks: hash them directly, chained on what came before.
+            # Private blocks past the trace's ids, chained on what came before.
             start = len(local_all)
-            local = compute_block_hashes(tokens[start * bs : full * bs], bs)
+            local = compute_block_hashes(self._tokens_at(req, start * bs, full * bs), bs)
             local_all.extend(local)
             seq_all.extend(compute_seq_hashes(local, seq_all[-1] if seq_all else None))
         del local_all[full:]
