@@ -136,8 +136,9 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [TITLE, sep, line(headers), sep, *(line(r) for r in rows), sep]
     lines.append(f"Wall Time (ms): {_fmt(summary.get('wall_time_ms'))}")
     lines.append(f"Simulated Duration (ms): {_fmt(summary.get('duration_ms'))}")
-    lines.append(f"Prefix Cache Reused Ratio: {_fmt(summary.get('prefix_cache_reused_ratio'))}")
-    lines.append("First Admission Prefix Cache Reused Ratio: "
-                 f"{_fmt(summary.get('first_admission_prefix_cache_reused_ratio'))}")
-    lines.append(f"Router Predicted Cached Ratio: {_fmt(summary.get('router_predicted_cached_ratio'))}")
+    for label, key in (("Prefix Cache Reused Ratio", "prefix_cache_reused_ratio"),
+                       ("First Admission Prefix Cache Reused Ratio", "first_admission_prefix_cache_reused_ratio"),
+                       ("Router Predicted Cached Ratio", "router_predicted_cached_ratio")):
+        v = summary.get(key)
+        lines.append(f"{label}: {'N/A' if v is None or math.isnan(v) else f'{v:.4f}'}")
     return "\n".join(lines)
