@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _MS_BUCKETS = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50]
+#: predicted − engine-reported cached tokens: negative = the engine had more than the router knew
+_ERROR_BUCKETS = [-16384, -4096, -1024, -256, -64, -1, 0, 64, 256, 1024, 4096, 16384]
 
 
 class RouterMetrics:
@@ -20,6 +22,22 @@ class RouterMetrics:
                                      "Prompt tokens predicted cached on the chosen worker", ["model"], registry=reg)
         self.input_tokens = Counter("dynamo_component_router_input_tokens", "Prompt tokens routed", ["model"],
                                     registry=reg)
+        # Router accuracy SLI: per request whose engine reports its cached prompt tokens, what the router
+        # predicted (its overlap) against what the engine found. Drift (lost events, evictions the
+        # router did not hear about) shows as the two counters diverging and the error histogram
+        # leaving its 0 bucket.
+        self.accuracy_predicted = Counter("dynamo_component_router_accuracy_predicted_cached_tokens",
+                                          "Cached prompt tokens the router predicted, for requests whose engine "
+                                          "reported its own count", ["model"], registry=reg)
+        self.accuracy_reported = Counter("dynamo_component_router_accuracy_reported_cached_tokens",
+                                         "Cached prompt tokens the engines reported for the same requests",
+                                         ["model"], registry=reg)
+        self.accuracy_outcomes = Counter("dynamo_component_router_accuracy_requests",
+                                         "Requests by prediction outcome (exact, over, under)", ["model", "outcome"],
+                                         registry=reg)
+        self.accuracy_error = Histogram("dynamo_component_router_accuracy_error_tokens",
+                                        "Predicted minus engine-reported cached prompt tokens per request",
+                                        ["model"], buckets=_ERROR_BUCKETS, registry=reg)
         self.events_applied = Counter("dynamo_component_kv_cache_events_applied", "KV events by outcome",
                                       ["event_type", "status"], registry=reg)
         self.event_gaps = Counter("dynamo_component_kv_cache_event_gaps", "Missed KV events detected",

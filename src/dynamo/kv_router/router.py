@@ -524,9 +524,22 @@ class KvRouter:
             except BaseException:
                 self._release(rid, key)
                 raise
-            return sel.worker_id, self._track(rid, key, stream)
+            # An engine always computes at least the last prompt token, so a fully cached prompt reuses
+            # one block less than the router's overlap: compare like with like.
+            predicted = min(sel.overlap_blocks, (isl - 1) // self.block_size) * self.block_size
+            return sel.worker_id, self._track(rid, key, stream, predicted)
 
-    async def _track(self, rid: str, key: WorkerKey, stream: Any) -> AsyncIterator[Any]:
+    def _observe_accuracy(self, predicted: int, reported: int) -> None:
+        """The router-accuracy SLI: the router's predicted cached tokens against the engine's count."""
+        m = self.metrics
+        m.accuracy_predicted.labels(self.model).inc(predicted)
+        m.accuracy_reported.labels(self.model).inc(reported)
+        diff = predicted - reported
+        m.accuracy_error.labels(self.model).observe(diff)
+        m.accuracy_outcomes.labels(self.model, "exact" if diff == 0 else "over" if diff > 0 else "under").inc()
+
+    async def _track(self, rid: str, key: WorkerKey, stream: Any, predicted: int | None = None,
+                     ) -> AsyncIterator[Any]:
         wid = key[0]
         self.inflight[wid] = self.inflight.get(wid, 0) + 1
         prefilled = False
@@ -544,6 +557,11 @@ class KvRouter:
                     if track_output:
                         generated += len(item.token_ids)
                         self.sequences.add_output_tokens(rid, generated)
+                if predicted is not None:
+                    usage = getattr(item, "completion_usage", None)
+                    if usage is not None and usage.cached_tokens is not None:
+                        self._observe_accuracy(predicted, usage.cached_tokens)
+                        predicted = None
                 yield item
         finally:
             n = self.inflight.get(wid, 1) - 1
