@@ -11,6 +11,7 @@ temperature T > 0 samples ``p_i ∝ exp(−logit_i / ((max − min)·T))`` (unif
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -153,25 +154,61 @@ class WorkerSelector:
         temperature: float = 0.0,
         track_prefill_tokens: bool = True,
     ) -> Selection:
-        """Choose a candidate; raises :class:`Unavailable` when there is none."""
-        costs = compute_costs(
-            candidates,
-            isl,
-            block_size,
-            overlaps,
-            potential_prefill_tokens,
-            potential_decode_blocks,
-            overlap_score_weight,
-            track_prefill_tokens,
-        )
-        chosen = choose(costs, temperature, self.rng)
-        ranked = sorted(costs, key=lambda c: (c.logit, c.tree_size))[: self.top_k]
-        if chosen not in ranked:
-            ranked[-1:] = [chosen]
+        """Choose a candidate; raises :class:`Unavailable` when there is none.
+
+        Same decision (and the same random draws) as ``choose(compute_costs(...))``, computed over
+        plain floats: with a thousand candidates, building a :class:`CandidateCost` for each one cost
+        more than the rest of routing. Only the explained top candidates become objects.
+        """
+        if not candidates:
+            raise Unavailable("no workers with a known runtime config to route to")
+        default_prefill = float(isl) if track_prefill_tokens else 0.0
+        get_prefill = potential_prefill_tokens.get
+        get_decode = potential_decode_blocks.get
+        floor = math.floor
+        logits: list[float] = []
+        append = logits.append
+        for key in candidates:
+            prefill_blocks = float(get_prefill(key, default_prefill)) / block_size
+            decode = get_decode(key)
+            append(overlap_score_weight * prefill_blocks + float(floor(prefill_blocks) if decode is None else decode))
+        sizes = overlaps.tree_sizes
+        n = len(candidates)
+        if temperature <= 0.0:
+            best = min(logits)
+            tied = [i for i in range(n) if logits[i] == best]
+            if len(tied) > 1:
+                tsz = [sizes.get(candidates[i], 0) for i in tied]
+                smallest = min(tsz)
+                tied = [i for i, t in zip(tied, tsz, strict=True) if t == smallest]
+            chosen = tied[0] if len(tied) == 1 else self.rng.choice(tied)
+        else:
+            lo = min(logits)
+            hi = max(logits)
+            if hi == lo:
+                chosen = self.rng.choice(range(n))
+            else:
+                scale = (hi - lo) * temperature
+                exp = math.exp
+                weights = [exp(-(v - lo) / scale) for v in logits]
+                target = self.rng.random() * sum(weights)
+                acc = 0.0
+                chosen = n - 1
+                for i, w in enumerate(weights):
+                    acc += w
+                    if target < acc:
+                        chosen = i
+                        break
+        top = heapq.nsmallest(self.top_k, range(n), key=lambda i: (logits[i], sizes.get(candidates[i], 0)))
+        if chosen not in top:
+            top[-1:] = [chosen]
+        ranked = compute_costs([candidates[i] for i in top], isl, block_size, overlaps, potential_prefill_tokens,
+                               potential_decode_blocks, overlap_score_weight, track_prefill_tokens)
+        key = candidates[chosen]
         return Selection(
-            worker_id=chosen.worker_id,
-            dp_rank=chosen.dp_rank,
-            overlap_blocks=chosen.overlap_blocks,
+            worker_id=key[0],
+            dp_rank=key[1],
+            overlap_blocks=overlaps.scores.get(key, 0),
             required_blocks=-(-isl // block_size),
             candidates=ranked,
         )

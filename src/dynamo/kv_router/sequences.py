@@ -384,19 +384,29 @@ class ActiveSequencesMultiWorker:
         decode: dict[WorkerKey, int] = {}
         track_blocks = self.track_active_blocks
         n_seq = len(seq_hashes) if seq_hashes else 0
+        first = seq_hashes[0] if n_seq else None  # type: ignore[index]
+        get_overlap = overlaps.get
+        # One pass over every worker per routing decision (a thousand of them in a large fleet): the
+        # common cases read the worker's fields directly instead of going through its properties.
         for key, seqs in self._workers.items():
-            tokens = seqs.active_prefill_tokens
+            tokens = seqs._prefill_total
             if track:
-                tokens += max(0, isl - overlaps.get(key, 0) * bs)
+                rest = isl - get_overlap(key, 0) * bs
+                if rest > 0:
+                    tokens += rest
             prefill[key] = tokens
             if not track_blocks:
                 decode[key] = 0
-            elif not n_seq:
-                decode[key] = seqs.active_blocks
-            elif reuse:
-                decode[key] = seqs.active_blocks + seqs.new_blocks_if_added(seq_hashes)  # type: ignore[arg-type]
+                continue
+            active = len(seqs._refs) if not seqs._decaying else seqs.active_blocks
+            if not n_seq:
+                decode[key] = active
+            elif not reuse:
+                decode[key] = active + n_seq
+            elif first not in seqs._refs:
+                decode[key] = active + n_seq  # nothing of this prompt is active there
             else:
-                decode[key] = seqs.active_blocks + n_seq
+                decode[key] = active + seqs.new_blocks_if_added(seq_hashes)  # type: ignore[arg-type]
         return prefill, decode
 
     def get_potential_loads(
