@@ -5,7 +5,8 @@ Each system runs in its own interpreter (ours from ``src/``, the reference from
 ``benchmarks/.venv-ai-dynamo``, installed on first use as ``serve_bench.py --compare ai-dynamo`` does)
 and reports its summary as JSON; this script prints TTFT/ITL/e2e percentiles, prefix reuse and replay
 wall time for both, and the ratios ours/reference (goal: latencies and reuse within 10%, wall time
-≤ 2×).
+≤ 2×). This machine's cores are shared, so each system's whole-process CPU time (start-up, trace
+loading and replay) is printed beside the replay's own wall time.
 
     python benchmarks/replay_bench.py                                  # whole conversation trace, 16 workers
     python benchmarks/replay_bench.py --requests 2000 --num-workers 4 --router-mode round_robin
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ ROWS = [
     ("e2e mean (ms)", "mean_e2e_latency_ms"), ("e2e p99 (ms)", "p99_e2e_latency_ms"),
     ("prefix reuse ratio", "prefix_cache_reused_ratio"), ("completed", "completed_requests"),
     ("simulated duration (s)", "duration_s"), ("replay wall time (s)", "wall_s"),
+    ("process CPU time (s)", "cpu_s"),
 ]
 
 _REFERENCE_SCRIPT = """
@@ -61,6 +64,11 @@ def slice_trace(src: Path, n: int | None, out: Path) -> Path:
     return out
 
 
+def child_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_ours(trace: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     report = tmp / "ours.json"
     cmd = [sys.executable, "-m", "dynamo.replay", str(trace), "--num-workers", str(args.num_workers),
@@ -68,9 +76,11 @@ def run_ours(trace: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
            "--arrival-speedup-ratio", str(args.arrival_speedup_ratio), "--report-json", str(report), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     t0 = time.perf_counter()
+    c0 = child_cpu_s()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     summary = json.loads(report.read_text())["summary"]
     summary["outer_wall_ms"] = (time.perf_counter() - t0) * 1000.0
+    summary["cpu_s"] = child_cpu_s() - c0
     return summary
 
 
@@ -81,10 +91,13 @@ def run_reference(trace: Path, args: argparse.Namespace, tmp: Path) -> dict[str,
             "trace_block_size": args.trace_block_size, "arrival_speedup_ratio": args.arrival_speedup_ratio}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "DYN_"))}
     env.update({"DYN_LOG": "error", "RUST_LOG": "error"})
+    c0 = child_cpu_s()
     with (tmp / "ref.log").open("w") as log:
         subprocess.run([str(system.python), "-c", _REFERENCE_SCRIPT, str(trace), json.dumps(opts), str(out)],
                        check=True, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
-    return json.loads(out.read_text())
+    summary = json.loads(out.read_text())
+    summary["cpu_s"] = child_cpu_s() - c0
+    return summary
 
 
 def _value(summary: dict[str, Any], key: str) -> float | None:

@@ -419,21 +419,27 @@ class Scheduler:
         total_kv = args.num_gpu_blocks * bs
         scale = args.speedup_ratio * args.decode_speedup_ratio
         predict = self.perf.predict_decode_ms
-        rand = self._rng.random
-        span = TOKEN_ID_HIGH - TOKEN_ID_LOW
+        # How many passes fit before the horizon (their times depend on the mean context length only
+        # through the perf model, which the interpolated model uses).
         durations: list[float] = []
         elapsed = 0.0
         for _ in range(k):
             if elapsed >= max_ms:
                 break
             d = predict(n, active_kv, total_len // n, total_kv) / scale
-            for req in running:
-                req.computed += 1
-                req.tokens.append(TOKEN_ID_LOW + int(rand() * span))
-                req.generated += 1
             total_len += n
             durations.append(d)
             elapsed += d
+        k = len(durations)
+        # The same draws as k passes run one by one (pass-major: every request once per pass), taken
+        # at once and dealt out per request.
+        rand = self._rng.random
+        span = TOKEN_ID_HIGH - TOKEN_ID_LOW
+        draws = [TOKEN_ID_LOW + int(rand() * span) for _ in range(n * k)]
+        for i, req in enumerate(running):
+            req.computed += k
+            req.generated += k
+            req.tokens.extend(draws[i::n])
         self._pass_id += len(durations)
         return durations
 

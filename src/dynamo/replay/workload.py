@@ -124,10 +124,11 @@ class PromptBuilder:
         self._memo: dict[tuple[int | None, int], tuple[list[int], list[int]]] = {}
         self._private = 0
 
-    def _block_tokens(self, hash_id: int) -> list[int]:
+    def _block_tokens(self, hash_id: int) -> range:
+        # A range, not a list: hashing packs it straight into bytes.
         tbs = self.trace_block_size
         base = (hash_id * tbs) % (_U32 - tbs)
-        return list(range(base, base + tbs))
+        return range(base, base + tbs)
 
     def _tokens_at(self, req: TraceRequest, start: int, stop: int) -> list[int]:
         """The prompt's real token ids in ``[start, stop)``."""
