@@ -12,9 +12,12 @@ Pure: parsing takes already-decoded JSON objects; reading files is the CLI's job
 from __future__ import annotations
 
 import random
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from dynamo.kv_router.hashing import compute_block_hashes, compute_seq_hashes
 from dynamo.runtime.errors import InvalidArgument
@@ -124,11 +127,14 @@ class PromptBuilder:
         self._memo: dict[tuple[int | None, int], tuple[list[int], list[int]]] = {}
         self._private = 0
 
-    def _block_tokens(self, hash_id: int) -> range:
-        # A range, not a list: hashing packs it straight into bytes.
+    def _block_tokens(self, hash_id: int) -> array:
+        # A u32 array built by numpy: hashing copies it into bytes as is, where a list or range of
+        # Python ints is converted one int at a time (a trace has ~10^5 distinct hash ids).
         tbs = self.trace_block_size
         base = (hash_id * tbs) % (_U32 - tbs)
-        return range(base, base + tbs)
+        out = array("I")
+        out.frombytes(np.arange(base, base + tbs, dtype=np.uint32).tobytes())
+        return out
 
     def _tokens_at(self, req: TraceRequest, start: int, stop: int) -> list[int]:
         """The prompt's real token ids in ``[start, stop)``."""
