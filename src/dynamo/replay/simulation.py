@@ -8,8 +8,9 @@ clock jumps straight to the next event, so an hour of sparse traffic is not simu
 What the router sees follows a live deployment: KV events when the pass that caused them starts
 (the mocker publishes them at pass start), prefill completion at a request's first token, the free at
 its last. At equal times pass ends go before arrivals (a request arriving as another finishes sees
-the freed load), and ties within a kind keep insertion order, so a replay is deterministic under its
-seed. No asyncio, no sockets, no wall clock.
+the freed load), an idle worker given work starts its pass only after every arrival of that instant
+(simultaneous requests share the first pass), and ties within a kind keep insertion order, so a replay
+is deterministic under its seed. No asyncio, no sockets, no wall clock.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dynamo.runtime.errors import InvalidArgument
 
 _PASS_END = 0
 _ARRIVAL = 1
+_WAKE = 2  # an idle worker got work: its pass starts after every arrival of the same instant
 
 
 @dataclass(slots=True)
@@ -204,7 +206,9 @@ class ReplaySimulation:
             self._on_done(index, now)
             return
         if not worker.busy:
-            self._start_pass(worker, now)
+            # Not at once: requests arriving at this same instant must make the same first pass.
+            worker.busy = True
+            self._push(now, _WAKE, w)
 
     def _release_queued(self, now: float) -> None:
         policy = self.policy
@@ -339,7 +343,9 @@ class ReplaySimulation:
         now = 0.0
         while heap:
             now, kind, _seq, payload = pop(heap)
-            if kind == _PASS_END:
+            if kind == _WAKE:
+                self._start_pass(workers[payload], now)
+            elif kind == _PASS_END:
                 worker = workers[payload]
                 res = worker.pass_result
                 before = 0 if res is None else len(res.finished) + len(res.rejected)
