@@ -114,6 +114,14 @@ def test_tiny_trace_replays_the_hand_computed_schedule():
     assert s["mean_ttft_ms"] == pytest.approx((t1 + r2.first_token_ms - 1000.0) / 2)
 
 
+def test_simultaneous_arrivals_share_the_first_pass():
+    trace = [TraceRequest(0.0, 128, 2, (1, 2)), TraceRequest(0.0, 128, 2, (3, 4))]
+    res = ReplaySimulation(trace, num_workers=1, trace_block_size=BS).run()
+    a, b = res.records
+    # One pass prefills both prompts: T = batch 2 x 128 new tokens, 4 blocks active afterwards.
+    assert a.first_token_ms == b.first_token_ms == pytest.approx(prefill_ms(256) + decode_ms(4))
+
+
 def test_kv_router_sends_the_shared_prefix_to_the_worker_that_holds_it():
     # Worker 0 gets request 0 (round robin would send request 1 to worker 1); the KV router must
     # follow the cached prefix instead.
