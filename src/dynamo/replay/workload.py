@@ -136,6 +136,10 @@ class PromptBuilder:
         out.frombytes(np.arange(base, base + tbs, dtype=np.uint32).tobytes())
         return out
 
+    def token_ids(self, req: TraceRequest) -> list[int]:
+        """The prompt's real token ids (what a live deployment of the same trace is sent)."""
+        return self._tokens_at(req, 0, req.input_length)
+
     def _tokens_at(self, req: TraceRequest, start: int, stop: int) -> list[int]:
         """The prompt's real token ids in ``[start, stop)``."""
         tbs = self.trace_block_size
