@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from dynamo.kv_router.protocols import RouterEvent
 from dynamo.mocker.args import MockEngineArgs, ReasoningConfig
 from dynamo.mocker.kv_manager import EventSink, KvManager, KvSequence
-from dynamo.mocker.perf_model import PerfModel, kv_transfer_delay_ms, load_perf_model
+from dynamo.mocker.perf_model import PerfModel, PolynomialPerfModel, kv_transfer_delay_ms, load_perf_model
 from dynamo.runtime.errors import InvalidArgument
 
 TOKEN_ID_LOW = 1000
@@ -419,17 +419,26 @@ class Scheduler:
         total_kv = args.num_gpu_blocks * bs
         scale = args.speedup_ratio * args.decode_speedup_ratio
         predict = self.perf.predict_decode_ms
-        # How many passes fit before the horizon (their times depend on the mean context length only
-        # through the perf model, which the interpolated model uses).
+        # How many passes fit before the horizon. The polynomial model's decode time depends on the
+        # active KV only, which no pass of a span changes; others (interpolated) also read the mean
+        # context length, which grows every pass.
         durations: list[float] = []
         elapsed = 0.0
-        for _ in range(k):
-            if elapsed >= max_ms:
-                break
+        if type(self.perf) is PolynomialPerfModel:
             d = predict(n, active_kv, total_len // n, total_kv) / scale
-            total_len += n
-            durations.append(d)
-            elapsed += d
+            fit = 0
+            while fit < k and elapsed < max_ms:
+                fit += 1
+                elapsed += d
+            durations = [d] * fit
+        else:
+            for _ in range(k):
+                if elapsed >= max_ms:
+                    break
+                d = predict(n, active_kv, total_len // n, total_kv) / scale
+                total_len += n
+                durations.append(d)
+                elapsed += d
         k = len(durations)
         # The same draws as k passes run one by one (pass-major: every request once per pass), taken
         # at once and dealt out per request.

@@ -275,15 +275,22 @@ class ReplaySimulation:
         the event loop would, so they match the pass-by-pass replay exactly.
         """
         self.num_passes += len(durations)
-        ends: list[float] = []
-        t = now
-        for d in durations:
-            t += d
-            ends.append(t)
-        first = ends[0]
+        # Pass ends, summed one pass at a time as the event loop would.
+        first = now + durations[0]
         itl = self.itl
         records = self.records
         ids = worker.sched.running_ids()
+        n = len(ids)
+        prev = first
+        t = first
+        for d in durations[1:]:
+            t += d
+            # every running request waited this gap for its token
+            if n == 1:
+                itl.append(t - prev)
+            else:
+                itl.extend([t - prev] * n)
+            prev = t
         for rid in ids:
             rec = records[int(rid)]
             itl.append(first - rec.last_token_ms)
@@ -291,11 +298,6 @@ class ReplaySimulation:
                 rec.second_token_ms = first
             rec.last_token_ms = t
             rec.tokens += len(durations)
-        n = len(ids)
-        prev = first
-        for end in ends[1:]:
-            itl.extend([end - prev] * n)
-            prev = end
         return t
 
     def _end_pass(self, worker: _Worker, now: float) -> None:
