@@ -25,6 +25,7 @@ prefix walk over the workers' caches.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import time
@@ -225,8 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inflight-per-worker", type=float, default=2.0)
     p.add_argument("--check-every", type=int, default=50, help="brute-force check every N requests (0: off)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gc-threshold0", type=int, default=None,
+                   help="gc.set_threshold(N, 50, 1000) for the run (default: Python's 700, 10, 10); the index "
+                        "is millions of long-lived containers that every full collection walks")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    if args.gc_threshold0:
+        gc.set_threshold(args.gc_threshold0, 50, 1000)
     results = []
     print(f"{'workers':>8}{'requests':>9}{'events/s':>11}{'blocks/s':>11}{'decide p50':>11}{'p99 µs':>9}"
           f"{'cpu p50':>9}{'cpu p99':>9}{'match p50':>10}{'cached blocks':>14}{'B/block':>9}{'exact':>7}",
