@@ -199,7 +199,12 @@ class WorkerSelector:
                     if target < acc:
                         chosen = i
                         break
-        top = heapq.nsmallest(self.top_k, range(n), key=lambda i: (logits[i], sizes.get(candidates[i], 0)))
+        # The explained top-k: only candidates at or below the k-th smallest logit can be in it, so
+        # rank those few by (logit, tree size) instead of keying every candidate through Python.
+        cut = heapq.nsmallest(self.top_k, logits)[-1]
+        near = [i for i in range(n) if logits[i] <= cut]
+        near.sort(key=lambda i: (logits[i], sizes.get(candidates[i], 0)))
+        top = near[: self.top_k]
         if chosen not in top:
             top[-1:] = [chosen]
         ranked = compute_costs([candidates[i] for i in top], isl, block_size, overlaps, potential_prefill_tokens,
