@@ -63,6 +63,9 @@ class KvSequence:
 class KvManager:
     """Active/inactive block pools with prefix caching and KV event emission for one dp rank."""
 
+    #: take the bulk path for allocations of wholly uncached blocks (tests turn it off to compare)
+    bulk_fresh = True
+
     def __init__(
         self,
         num_gpu_blocks: int,
@@ -186,6 +189,11 @@ class KvManager:
         inactive = self.inactive
         seq.ensure_hashes(full_target, bs)
         hashes = seq.seq_hashes
+        if self.bulk_fresh and cur == seq.num_full and full_target > cur:
+            fresh_full = dict.fromkeys(hashes[cur:full_target], 1)
+            if (len(fresh_full) == full_target - cur and active.keys().isdisjoint(fresh_full)
+                    and inactive.keys().isdisjoint(fresh_full)):
+                return self._allocate_fresh(seq, fresh_full, need, full_target)
         # Phase 1: count slots, so a failed allocation leaves everything untouched.
         reactivate = 0
         fresh = 0
@@ -260,6 +268,39 @@ class KvManager:
             self._emit(KvRemoved(removed))
         if stored_positions:
             self._emit_stored(seq, stored_positions)
+        return True
+
+    def _allocate_fresh(self, seq: KvSequence, fresh_full: dict[int, int], need: int, full_target: int) -> bool:
+        """``allocate`` when none of the new full blocks is cached anywhere and no partial tail waits to
+        be promoted (a new prompt past its cached prefix: the bulk of a trace replay's allocations).
+
+        Same outcome as the general path, in C-level bulk steps: evict the least recently freed
+        blocks the new ones need room for, insert the new full blocks, one ``stored`` event for the
+        run, then any private tail block.
+        """
+        active = self.active
+        inactive = self.inactive
+        blocks = seq.blocks
+        cur = len(blocks)
+        n_new = need - cur
+        if len(active) + n_new > self.num_gpu_blocks:
+            return False
+        removed: list[int] = []
+        excess = len(active) + len(inactive) + n_new - self.num_gpu_blocks
+        if excess > 0:
+            popitem = inactive.popitem
+            removed = [popitem(last=False)[0] for _ in range(excess)]
+        active.update(fresh_full)
+        blocks.extend(fresh_full)
+        if need > full_target:
+            pid = self._next_private_id
+            self._next_private_id = pid - 1
+            active[pid] = 1
+            blocks.append(pid)
+        seq.num_full = full_target
+        if removed:
+            self._emit(KvRemoved(removed))
+        self._emit_stored(seq, list(range(cur, full_target)))
         return True
 
     def free(self, seq: KvSequence) -> None:
