@@ -121,13 +121,11 @@ class ActiveSequences:
         own: list[int] = []
         if blocks:
             refs = self._refs
-            seen: set[int] = set()
-            for h in blocks:
-                if h in seen:  # a request references each block once, even on a hash collision
-                    continue
-                seen.add(h)
-                own.append(h)
-                refs[h] = refs.get(h, 0) + 1
+            # a request references each block once, even on a hash collision
+            own = list(dict.fromkeys(blocks))
+            get = refs.get
+            for h in own:
+                refs[h] = get(h, 0) + 1
         self._requests[request_id] = _Request(
             own, isl, max(0, prefill_tokens), expected_output_tokens, now, self.block_size
         )
