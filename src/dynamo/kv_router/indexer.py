@@ -233,12 +233,26 @@ class RadixTree:
         bit = 1 << self._slot[key]
         status = STATUS_OK
         pop = table.pop
+        if self._aliases.get(key):
+            for block_hash in block_hashes:
+                node = pop(block_hash, None)
+                if node is None:
+                    status = STATUS_BLOCK_NOT_FOUND
+                    continue
+                self._release(key, node, bit)
+            return status
+        # No aliases (the normal case): _drop_membership inlined, pruning only nodes left empty.
+        keep = ~bit
+        drop = self._drop_membership
         for block_hash in block_hashes:
             node = pop(block_hash, None)
             if node is None:
                 status = STATUS_BLOCK_NOT_FOUND
                 continue
-            self._release(key, node, bit)
+            mask = node[1] & keep
+            node[1] = mask
+            if not mask and node[0] is None:
+                drop(node, 0)
         return status
 
     def _release(self, key: WorkerKey, node: _Node, bit: int) -> None:
