@@ -129,7 +129,8 @@ def test_kv_router_sends_the_shared_prefix_to_the_worker_that_holds_it():
     res = ReplaySimulation(trace, num_workers=2, router_mode="kv_router", trace_block_size=512).run()
     a, b = res.records
     assert a.worker == b.worker
-    assert b.predicted_cached_tokens == 1024 and b.reused_tokens == 1024 - BS  # last block recomputed
+    assert b.predicted_cached_tokens == b.best_cached_tokens == 1024
+    assert b.reused_tokens == 1024 - BS  # last block recomputed
     rr = ReplaySimulation(trace, num_workers=2, router_mode="round_robin", trace_block_size=512).run()
     assert rr.records[0].worker != rr.records[1].worker and rr.records[1].reused_tokens == 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from dynamo.kv_router.config import KvRouterConfig
 from dynamo.kv_router.indexer import RadixTree
@@ -24,12 +24,20 @@ ROUTER_MODE_ALIASES = {"round_robin": "round_robin", "round-robin": "round_robin
                        "kv": "kv_router"}
 
 
+class RouteDecision(NamedTuple):
+    worker: int
+    #: prefix blocks the router saw cached on the chosen worker
+    overlap_blocks: int = 0
+    #: the most any worker had (more than ``overlap_blocks`` = the load terms outweighed the overlap)
+    best_overlap_blocks: int = 0
+
+
 class RoutingPolicy(Protocol):
     """Where each request goes, and what the policy learns from the request's life."""
 
     def route(self, request_id: str, prompt_len: int, local_hashes: Sequence[int], seq_hashes: Sequence[int],
-              now_ms: float) -> tuple[int, int] | None:
-        """``(worker index, predicted cached blocks)``, or None when the request must wait (queued)."""
+              now_ms: float) -> RouteDecision | None:
+        """Where the request goes, or None when the request must wait (queued)."""
         ...
 
     def on_event(self, event: RouterEvent) -> None: ...
@@ -49,10 +57,10 @@ class RoundRobinPolicy:
         self._next = 0
 
     def route(self, request_id: str, prompt_len: int, local_hashes: Sequence[int], seq_hashes: Sequence[int],
-              now_ms: float) -> tuple[int, int] | None:
+              now_ms: float) -> RouteDecision | None:
         w = self._next
         self._next = (w + 1) % self.num_workers
-        return w, 0
+        return RouteDecision(w)
 
     def on_event(self, event: RouterEvent) -> None:
         pass
@@ -96,7 +104,7 @@ class KvRoutingPolicy:
                             self.config.router_queue_threshold)
 
     def route(self, request_id: str, prompt_len: int, local_hashes: Sequence[int], seq_hashes: Sequence[int],
-              now_ms: float, *, from_queue: bool = False) -> tuple[int, int] | None:
+              now_ms: float, *, from_queue: bool = False) -> RouteDecision | None:
         cfg = self.config
         if not from_queue and (self._queue or self._saturated()):
             key = priority_key(QueuePolicy(cfg.router_queue_policy), arrival_offset_s=now_ms / 1000.0,
@@ -113,7 +121,7 @@ class KvRoutingPolicy:
             track_prefill_tokens=cfg.router_track_prefill_tokens)
         self.sequences.add_request(request_id, sel.worker, seq_hashes if cfg.router_track_active_blocks else None,
                                    prompt_len, sel.overlap_blocks, now=now_ms / 1000.0)
-        return sel.worker_id, sel.overlap_blocks
+        return RouteDecision(sel.worker_id, sel.overlap_blocks, max(overlaps.scores.values(), default=0))
 
     def on_event(self, event: RouterEvent) -> None:
         if self._use_events:

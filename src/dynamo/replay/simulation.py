@@ -26,7 +26,7 @@ from dynamo.kv_router.protocols import RouterEvent
 from dynamo.mocker.args import MockEngineArgs
 from dynamo.mocker.perf_model import load_perf_model
 from dynamo.mocker.scheduler import Scheduler
-from dynamo.replay.routing import KvRoutingPolicy, make_policy
+from dynamo.replay.routing import KvRoutingPolicy, RouteDecision, make_policy
 from dynamo.replay.workload import PromptBuilder, TraceRequest
 from dynamo.runtime.errors import InvalidArgument
 
@@ -45,6 +45,8 @@ class RequestRecord:
     output_length: int
     worker: int = -1
     predicted_cached_tokens: int = 0
+    #: the most cached prefix any worker had when this request was routed (tokens)
+    best_cached_tokens: int = 0
     #: cached prompt tokens at its first admission (``reused_input_tokens``)
     reused_tokens: int = -1
     admissions: int = 0
@@ -192,11 +194,12 @@ class ReplaySimulation:
         self._dispatch(index, tokens, hashes, decision, now)
 
     def _dispatch(self, index: int, tokens: list[int], hashes: tuple[list[int], list[int]],
-                  decision: tuple[int, int], now: float) -> None:
+                  decision: RouteDecision, now: float) -> None:
         rec = self.records[index]
-        w, overlap = decision
+        w = decision.worker
         rec.worker = w
-        rec.predicted_cached_tokens = overlap * self.args.block_size
+        rec.predicted_cached_tokens = decision.overlap_blocks * self.args.block_size
+        rec.best_cached_tokens = decision.best_overlap_blocks * self.args.block_size
         worker = self.workers[w]
         try:
             worker.sched.add_request(str(index), tokens, self.requests[index].output_length, block_hashes=hashes)
