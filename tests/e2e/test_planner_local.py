@@ -114,3 +114,25 @@ async def test_planner_scales_mockers_up_and_drains_one_down(monkeypatch):
             await client.close()
         await rt.shutdown(grace_period=0)
         dep.close()  # SIGTERM to the planner: it drains and stops its workers
+
+
+
+@pytest.mark.parametrize(("argv", "last_line"), [
+    (["--environment", "local", "--mode", "agg", "--no-enable-throughput-scaling", "--enable-loadbased-scaling"],
+     "python -m dynamo.planner: error: --environment local needs --local-worker-cmd (the worker command line)"),
+    (["--environment", "virtual", "--profile-results-dir", "/nonexistent"],
+     "python -m dynamo.planner: error: --profile-results-dir /nonexistent: expected "
+     "selected_prefill_interpolation/raw_data.npz and selected_decode_interpolation/raw_data.npz, or "
+     "prefill.npz and decode.npz"),
+    (["--load-predictor", "oracle"], "python -m dynamo.planner: error: argument --load-predictor: invalid choice: "
+     "'oracle' (choose from 'constant', 'arima', 'kalman', 'prophet')"),
+])
+def test_bad_flags_exit_2_with_one_error_line(argv, last_line):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "dynamo.planner", *argv], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == last_line

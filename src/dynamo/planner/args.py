@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from dynamo.common.configuration import ArgGroup, add_argument, add_negatable_bool_argument
+from dynamo.common.configuration import (
+    ArgGroup,
+    add_argument,
+    add_negatable_bool_argument,
+    env_or_default,
+    parse_bool,
+)
 from dynamo.common.configuration.groups import RuntimeArgGroup, RuntimeConfig
 from dynamo.common.configuration.utils import ArgumentContainer
 from dynamo.planner.predictors import PREDICTORS
@@ -126,8 +132,8 @@ class PlannerArgGroup(ArgGroup):
                      choices=BACKENDS)
         add_argument(g, "--mode", "DYN_PLANNER_MODE", d.mode, "Pools to scale: disagg (prefill and decode), "
                      "prefill, decode or agg (one pool doing both).", choices=MODES)
-        add_negatable_bool_argument(g, "--no-operation", "DYN_PLANNER_NO_OPERATION", d.no_operation,
-                                    "Advisory mode: compute and report decisions, change nothing.")
+        _add_flag(g, "--no-operation", "DYN_PLANNER_NO_OPERATION",
+                  "Advisory mode: compute and report decisions, change nothing.")
         add_argument(g, "--adjustment-interval", "DYN_PLANNER_ADJUSTMENT_INTERVAL", d.adjustment_interval,
                      "Seconds between throughput-based decisions.", arg_type=float)
         add_argument(g, "--ttft", "DYN_PLANNER_TTFT", d.ttft, "TTFT target (ms).", arg_type=float)
@@ -160,8 +166,8 @@ class PlannerArgGroup(ArgGroup):
                      "GPUs per prefill engine.", arg_type=int)
         add_argument(g, "--decode-engine-num-gpu", "DYN_PLANNER_DECODE_ENGINE_NUM_GPU", d.decode_engine_num_gpu,
                      "GPUs per decode (or agg) engine.", arg_type=int)
-        add_negatable_bool_argument(g, "--no-correction", "DYN_PLANNER_NO_CORRECTION", d.no_correction,
-                                    "Do not correct the profiles with the observed TTFT/ITL.")
+        _add_flag(g, "--no-correction", "DYN_PLANNER_NO_CORRECTION",
+                  "Do not correct the profiles with the observed TTFT/ITL.")
         add_argument(g, "--profile-results-dir", "DYN_PLANNER_PROFILE_RESULTS_DIR", None,
                      "Profiling results: selected_{prefill,decode}_interpolation/raw_data.npz or "
                      "prefill.npz + decode.npz.")
@@ -209,6 +215,14 @@ class PlannerArgGroup(ArgGroup):
                      "Seconds to wait for a virtual-connector decision to be carried out.", arg_type=float)
         add_argument(parser, "--metrics-port", "PLANNER_PROMETHEUS_PORT", d.metrics_port,
                      "Serve the planner's own /metrics on this port (0: off).", arg_type=int)
+
+
+def _add_flag(parser: ArgumentContainer, flag: str, env_var: str, help: str) -> None:
+    """A plain on-switch. The reference spells these ``--no-...``, which argparse's negatable flags
+    would read as the *off* form of ``--operation``/``--correction``."""
+    default = env_or_default(env_var, False, parse_bool)
+    parser.add_argument(flag, action="store_true", default=default,
+                        help=f"{help} env var: {env_var} | default: false")
 
 
 def build_parser() -> argparse.ArgumentParser:
