@@ -114,8 +114,9 @@ async def run(config: PlannerConfig) -> None:
     install_signal_handlers(runtime)
     connector = build_connector(config, runtime)
     traffic = build_traffic(config) if config.enable_throughput_scaling else None
+    load_traffic = build_traffic(config) if config.enable_loadbased_scaling and not config.no_correction else None
     metrics = PlannerMetrics()
-    planner = Planner(config, connector, traffic, perf, metrics)
+    planner = Planner(config, connector, traffic, perf, metrics, load_traffic)
     planner.warm_start(warm)
     tasks: list[asyncio.Task[None]] = []
     server = None
@@ -134,6 +135,9 @@ async def run(config: PlannerConfig) -> None:
                 with contextlib.suppress(DynamoError):
                     await traffic.observe(0)  # the baseline the first interval is measured from
             tasks.append(asyncio.create_task(every(config.adjustment_interval, planner.throughput_step, "throughput")))
+        if load_traffic is not None and isinstance(load_traffic, FrontendScrapeTraffic):
+            with contextlib.suppress(DynamoError):
+                await load_traffic.observe(0)
         if config.enable_loadbased_scaling:
             for pool in config.pools():
                 tasks.append(asyncio.create_task(follow_fpm(planner, runtime, config, pool)))
@@ -149,8 +153,9 @@ async def run(config: PlannerConfig) -> None:
         if server is not None:
             server.close()
         await connector.close()
-        if traffic is not None:
-            await traffic.close()
+        for source in (traffic, load_traffic):
+            if source is not None:
+                await source.close()
         await runtime.shutdown(grace_period=0)
 
 

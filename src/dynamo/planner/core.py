@@ -20,7 +20,7 @@ from typing import Any
 
 from dynamo.planner.args import PlannerConfig
 from dynamo.planner.connectors.base import Connector, TargetReplica
-from dynamo.planner.load_scaler import Direction, LoadScaler, clamp_step
+from dynamo.planner.load_scaler import Direction, LatencyCorrection, LoadScaler, clamp_step
 from dynamo.planner.metrics import PlannerMetrics
 from dynamo.planner.perf_interpolation import PerfProfile
 from dynamo.planner.predictors import LoadPredictor, make_predictor
@@ -34,6 +34,7 @@ from dynamo.planner.throughput import (
     prefill_correction,
 )
 from dynamo.planner.traffic import TrafficSource
+from dynamo.runtime.errors import DynamoError
 
 logger = logging.getLogger("dynamo.planner")
 
@@ -75,13 +76,18 @@ class Planner:
     every forward-pass report from the event plane as it arrives."""
 
     def __init__(self, config: PlannerConfig, connector: Connector, traffic: TrafficSource | None,
-                 perf: PerfProfile | None, metrics: PlannerMetrics | None = None) -> None:
+                 perf: PerfProfile | None, metrics: PlannerMetrics | None = None,
+                 load_traffic: TrafficSource | None = None) -> None:
         self.config = config
         self.connector = connector
         self.traffic = traffic
         self.perf = perf
         self.metrics = metrics or PlannerMetrics()
         self.predictors = Predictors.from_config(config)
+        # A second view of the frontend for the load loop's corrections (a scrape source keeps a
+        # baseline per consumer, so the two loops cannot share one).
+        self.load_traffic = load_traffic
+        self.corrections = {pool: LatencyCorrection() for pool in config.pools()}
         self.state = PlannerState()
         self.shape = EngineShape(config.prefill_engine_num_gpu, config.decode_engine_num_gpu, config.min_endpoint,
                                  config.max_gpu_budget)
@@ -160,12 +166,23 @@ class Planner:
         avg_isl = _finite(stats.isl if stats else math.nan, c.isl)
         wanted: dict[str, int] = {}
         out: dict[str, Direction] = {}
+        observed = await self._observe_for_load()
         for pool, scaler in self.scalers.items():
             estimates = scaler.estimates(avg_isl=avg_isl, chunk_tokens=c.max_num_batched_tokens)
+            if observed is not None and not c.no_correction:
+                corr = self.corrections[pool]
+                corr.update(observed.ttft_s, observed.itl_s, estimates)
+                self.metrics.correction.labels(f"{pool}_load_ttft").set(corr.ttft)
+                self.metrics.correction.labels(f"{pool}_load_itl").set(corr.itl)
+                estimates = [e.scaled(corr.ttft, corr.itl) for e in estimates]
             if estimates:
                 self.metrics.estimated.labels(pool, "ttft").set(max(e.ttft_s for e in estimates))
                 self.metrics.estimated.labels(pool, "itl").set(max(e.itl_s for e in estimates))
-            direction = scaler.decide(estimates, pending=pending)
+            direction = scaler.decide(estimates, pending=pending, engines=current.get(pool))
+            logger.debug("load-based %s: %s%s", pool, direction.name, " (pending)" if pending else "")
+            if logger.isEnabledFor(logging.DEBUG):
+                for e in estimates:
+                    logger.debug("  engine %x: ttft %.3fs itl %.4fs", e.worker_id, e.ttft_s, e.itl_s)
             out[pool] = direction
             have = current.get(pool, 0)
             floor = max(c.min_endpoint, self.state.throughput_floor.get(pool, 0))
@@ -182,6 +199,16 @@ class Planner:
         if wanted and not pending:
             await self._apply(wanted, current, "loadbased")
         return out
+
+    async def _observe_for_load(self) -> IntervalStats | None:
+        if self.load_traffic is None:
+            return None
+        try:
+            return await self.load_traffic.observe(self.config.loadbased_adjustment_interval)
+        except DynamoError as exc:
+            # Corrections are a refinement: without the frontend's view, decide on the engines' own.
+            logger.debug("no latency observation for load-based corrections: %s", exc)
+            return None
 
     # -- applying ------------------------------------------------------------------------------------
 

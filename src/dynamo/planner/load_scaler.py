@@ -93,6 +93,35 @@ class EngineEstimate:
     ttft_s: float
     itl_s: float
 
+    def scaled(self, ttft: float, itl: float) -> EngineEstimate:
+        return EngineEstimate(self.worker_id, self.ttft_s * ttft, self.itl_s * itl)
+
+
+@dataclass
+class LatencyCorrection:
+    """What clients see over what the engines' pass times predict, per dimension (reference §7.1 step 2's
+    correction factors, applied to the load-based estimates): the frontend adds its own time and the
+    engine queue may hold more than its reports show. Fed every load step with the frontend's averages
+    over that step and the estimates taken at its end; a step without traffic moves the factors halfway
+    back to 1. Factors are kept in [1, ``cap``]: the engine model is a lower bound on what a client can
+    see, never an upper one."""
+
+    cap: float = 20.0
+    ttft: float = 1.0
+    itl: float = 1.0
+
+    def update(self, observed_ttft: float, observed_itl: float, estimates: list[EngineEstimate]) -> None:
+        if not estimates or not (observed_ttft > 0 or observed_itl > 0):  # NaN compares False: idle
+            self.ttft = 1.0 + (self.ttft - 1.0) / 2
+            self.itl = 1.0 + (self.itl - 1.0) / 2
+            return
+        est_ttft = sum(e.ttft_s for e in estimates) / len(estimates)
+        est_itl = sum(e.itl_s for e in estimates) / len(estimates)
+        if observed_ttft > 0 and est_ttft > 0:
+            self.ttft = min(self.cap, max(1.0, observed_ttft / est_ttft))
+        if observed_itl > 0 and est_itl > 0:
+            self.itl = min(self.cap, max(1.0, observed_itl / est_itl))
+
 
 def estimate(model: PassTimeModel, report: dict[str, Any], *, avg_isl: float, chunk_tokens: int,
              kv_hit_rate: float = 0.0) -> tuple[float, float]:
@@ -152,13 +181,18 @@ class LoadScaler:
             out.append(EngineEstimate(wid // 1024, ttft, itl))
         return out
 
-    def decide(self, estimates: list[EngineEstimate], *, pending: bool) -> Direction:
+    def decide(self, estimates: list[EngineEstimate], *, pending: bool, engines: int | None = None) -> Direction:
+        """``engines``: how many engines the pool runs. Scaling down needs an estimate from every one of
+        them (an engine too new to have a model might be the busy one); scaling up does not (the engines
+        that can be estimated are enough to say the pool is short)."""
         if pending or not estimates:
             return Direction.HOLD
         if all(e.ttft_s > self.ttft_target_s for e in estimates) or all(e.itl_s > self.itl_target_s
                                                                         for e in estimates):
             return Direction.UP
         low = self.sensitivity / 100.0
+        if engines is not None and len(estimates) < engines:
+            return Direction.HOLD
         if all(e.ttft_s < self.ttft_target_s * low and e.itl_s < self.itl_target_s * low for e in estimates):
             return Direction.DOWN
         return Direction.HOLD
