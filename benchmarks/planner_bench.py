@@ -173,7 +173,7 @@ class Cluster:
             "--ttft", str(a.ttft_ms), "--itl", str(a.itl_ms), "--isl", str(a.max_isl // 2),
             "--max-num-batched-tokens", "8192", "--max-gpu-budget", str(a.max_workers), "--min-endpoint", str(a.planner_min),
             "--loadbased-sensitivity", str(a.sensitivity), "--load-predictor", "constant",
-            "--metrics-source", "frontend", "--frontend-metrics-url", f"http://127.0.0.1:{self.port}/metrics", "-v"])
+            "--metrics-source", "frontend", "--frontend-metrics-url", f"http://127.0.0.1:{self.port}/metrics"])
 
     def stop(self) -> None:
         # The planner first (it drains its own workers), then the rest.
@@ -276,7 +276,6 @@ def plot(runs: list[Run], reqs: list[Req], args: argparse.Namespace, path: Path)
 
 async def amain(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     reqs = schedule(pick_segment(args.trace, args.window), args.compress, args.max_isl, args.max_osl, args.sample)
     span = reqs[-1].at if reqs else 0
     bucket = 5.0
@@ -323,7 +322,7 @@ def _pct(values: list[float], q: float) -> float:
     vals = sorted(v for v in values if not math.isnan(v))
     if not vals:
         return math.nan
-    return vals[min(len(vals) - 1, int(round(q / 100 * (len(vals) - 1))))]
+    return vals[min(len(vals) - 1, round(q / 100 * (len(vals) - 1)))]
 
 
 def main() -> None:
@@ -346,7 +345,9 @@ def main() -> None:
     p.add_argument("--sensitivity", type=float, default=60.0)
     p.add_argument("--only", nargs="*", help="run only these configs (planner, static-peak, static-mean)")
     p.add_argument("--out", default="planner-bench")
-    asyncio.run(amain(p.parse_args()))
+    args = p.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    asyncio.run(amain(args))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ async def test_planner_scales_mockers_up_and_drains_one_down(monkeypatch):
             "planner", "-m", "dynamo.planner", "--environment", "local", "--backend", "mocker", "--mode", "agg",
             "--local-worker-cmd", worker, "--no-enable-throughput-scaling", "--enable-loadbased-scaling",
             "--loadbased-adjustment-interval", "1", "--itl", "15", "--ttft", "3000", "--isl", "200",
-            "--max-gpu-budget", "2", "--min-endpoint", "1", "--load-predictor", "constant", "-v")
+            "--max-gpu-budget", "2", "--min-endpoint", "1", "--load-predictor", "constant", "--no-correction", "-v")
         client = await rt.endpoint("dyn://dynamo.backend.generate").client()
         await client.wait_for_instances(60, count=1)
         await asyncio.to_thread(dep.wait_models, {"Qwen3-0.6B"}, 30)

@@ -7,6 +7,7 @@ import pytest
 from dynamo.planner.load_scaler import (
     Direction,
     EngineEstimate,
+    LatencyCorrection,
     LoadScaler,
     PassTimeModel,
     Sample,
@@ -103,3 +104,26 @@ def test_clamp_step():
     assert clamp_step(4, Direction.UP, min_replicas=1, max_replicas=4) == 4
     assert clamp_step(1, Direction.DOWN, min_replicas=1, max_replicas=4) == 1
     assert clamp_step(2, Direction.HOLD, min_replicas=1, max_replicas=0) == 2
+
+
+def test_scale_down_needs_every_engine():
+    s = LoadScaler(ttft_target_s=0.5, itl_target_s=0.05)
+    calm = est((0.1, 0.01), (0.1, 0.01))
+    assert s.decide(calm, pending=False, engines=2) is Direction.DOWN
+    assert s.decide(calm, pending=False, engines=3) is Direction.HOLD  # a third engine has no model yet
+    hot = est((0.9, 0.01), (0.8, 0.01))
+    assert s.decide(hot, pending=False, engines=3) is Direction.UP  # the known engines suffice to add one
+
+
+def test_latency_correction():
+    c = LatencyCorrection(cap=20)
+    engines = est((0.1, 0.01), (0.3, 0.03))  # means 0.2 s, 0.02 s
+    c.update(0.6, 0.05, engines)
+    assert (c.ttft, c.itl) == (pytest.approx(3.0), pytest.approx(2.5))
+    c.update(0.1, 0.01, engines)  # clients see less than the engines predict: no credit below 1
+    assert (c.ttft, c.itl) == (1.0, 1.0)
+    c.update(100.0, 1.0, engines)
+    assert c.ttft == 20 and c.itl == 20  # capped
+    c.update(float("nan"), float("nan"), engines)  # an idle step: halfway back to 1
+    assert (c.ttft, c.itl) == (10.5, 10.5)
+    assert engines[0].scaled(2.0, 3.0) == EngineEstimate(0, 0.2, pytest.approx(0.03))
