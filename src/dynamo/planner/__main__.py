@@ -83,6 +83,10 @@ async def follow_fpm(planner: Planner, runtime: DistributedRuntime, config: Plan
             report = sub.decode(envelope)
             if isinstance(report, dict):
                 planner.observe_fpm(pool, report)
+        logger.error("forward-pass metrics of the %s pool ended: load-based scaling is blind to it", pool)
+    except Exception:
+        logger.exception("forward-pass metrics of the %s pool failed: load-based scaling is blind to it", pool)
+        raise
     finally:
         await sub.close()
         await client.close()
