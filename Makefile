@@ -31,11 +31,12 @@ tiny-model: vllm
 	$(PY) -m dynamo.vllm.tiny_model .cache/tiny-qwen3
 
 # Everything the test suite needs: the venv (Python deps) and etcd (etcd-server), nats-server,
-# openssl (TLS tests).
+# openssl (TLS tests), prometheus (planner observation tests).
 deps: venv
 	@missing=""; command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

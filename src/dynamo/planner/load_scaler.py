@@ -1,0 +1,206 @@
+"""Load-based scaling (reference §7.2): regressions of engine pass time over forward-pass metrics, an
+estimate of every engine's TTFT and ITL now, and a ±1 step when all engines agree.
+
+Pure: reports arrive as dicts (the ``forward-pass-metrics`` payload of ``llm/forward_pass.py``), time
+is not read. A report covers ``passes`` engine iterations in ``window_s`` wall seconds, so the wall time
+of one pass is ``window_s / passes``; its inputs are the prompt tokens computed per pass
+(``scheduled_tokens - emitted_tokens``: every other scheduled token is a decode step) and the KV blocks
+in use. One linear model per engine, ``wall = a + b·prefill_tokens + c·kv_blocks``, serves all modes:
+ITL is the pass time at today's KV load with no prompt work, TTFT the time to push the waiting prompts
+plus one more through in ``max_num_batched_tokens`` chunks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+
+class Direction(int, Enum):
+    DOWN = -1
+    HOLD = 0
+    UP = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    prefill_tokens: float
+    kv_blocks: float
+    wall_s: float
+
+
+def sample_from_report(report: dict[str, Any]) -> Sample | None:
+    """One regression point from a forward-pass report; None for an empty window."""
+    passes = int(report.get("passes") or 0)
+    window = float(report.get("window_s") or 0.0)
+    if passes <= 0 or window <= 0:
+        return None
+    prompt = max(0, int(report.get("scheduled_tokens", 0)) - int(report.get("emitted_tokens", 0)))
+    return Sample(prompt / passes, float(report.get("kv_used_blocks", 0)), window / passes)
+
+
+class PassTimeModel:
+    """Sliding-window least squares of pass wall time on (prompt tokens, KV blocks).
+
+    Samples are keyed by a coarse bucket of their inputs (``bucket`` tokens/blocks wide) and a new
+    sample replaces the one in its bucket: a steady load produces the same point over and over, and
+    without this it would crowd out the spread the fit needs. At most ``max_samples`` buckets are kept,
+    the oldest dropped first.
+    """
+
+    def __init__(self, max_samples: int = 64, bucket: int = 16, min_observations: int = 5) -> None:
+        self.max_samples, self.bucket, self.min_observations = max_samples, max(1, bucket), min_observations
+        self._samples: OrderedDict[tuple[int, int], Sample] = OrderedDict()
+        self._coef: np.ndarray | None = None
+
+    def add(self, s: Sample) -> None:
+        key = (int(s.prefill_tokens // self.bucket), int(s.kv_blocks // self.bucket))
+        self._samples.pop(key, None)
+        self._samples[key] = s
+        while len(self._samples) > self.max_samples:
+            self._samples.popitem(last=False)
+        self._coef = None
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def ready(self) -> bool:
+        return len(self._samples) >= self.min_observations
+
+    def _fit(self) -> np.ndarray:
+        if self._coef is None:
+            rows = list(self._samples.values())
+            x = np.array([[1.0, s.prefill_tokens, s.kv_blocks] for s in rows])
+            y = np.array([s.wall_s for s in rows])
+            # Minimum-norm solution: an input that never varied gets no weight instead of a wild one.
+            coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+            self._coef = coef
+        return self._coef
+
+    def predict(self, prefill_tokens: float, kv_blocks: float) -> float:
+        a, b, c = self._fit()
+        return max(0.0, float(a + b * prefill_tokens + c * kv_blocks))
+
+
+@dataclass(frozen=True)
+class EngineEstimate:
+    worker_id: int
+    ttft_s: float
+    itl_s: float
+
+    def scaled(self, ttft: float, itl: float) -> EngineEstimate:
+        return EngineEstimate(self.worker_id, self.ttft_s * ttft, self.itl_s * itl)
+
+
+@dataclass
+class LatencyCorrection:
+    """What clients see over what the engines' pass times predict, per dimension (reference §7.1 step 2's
+    correction factors, applied to the load-based estimates): the frontend adds its own time and the
+    engine queue may hold more than its reports show. Fed every load step with the frontend's averages
+    over that step and the estimates taken at its end; a step without traffic moves the factors halfway
+    back to 1. Factors are kept in [1, ``cap``]: the engine model is a lower bound on what a client can
+    see, never an upper one."""
+
+    cap: float = 20.0
+    ttft: float = 1.0
+    itl: float = 1.0
+
+    def update(self, observed_ttft: float, observed_itl: float, estimates: list[EngineEstimate]) -> None:
+        if not estimates or not (observed_ttft > 0 or observed_itl > 0):  # NaN compares False: idle
+            self.ttft = 1.0 + (self.ttft - 1.0) / 2
+            self.itl = 1.0 + (self.itl - 1.0) / 2
+            return
+        est_ttft = sum(e.ttft_s for e in estimates) / len(estimates)
+        est_itl = sum(e.itl_s for e in estimates) / len(estimates)
+        if observed_ttft > 0 and est_ttft > 0:
+            self.ttft = min(self.cap, max(1.0, observed_ttft / est_ttft))
+        if observed_itl > 0 and est_itl > 0:
+            self.itl = min(self.cap, max(1.0, observed_itl / est_itl))
+
+
+def estimate(model: PassTimeModel, report: dict[str, Any], *, avg_isl: float, chunk_tokens: int,
+             kv_hit_rate: float = 0.0) -> tuple[float, float]:
+    """(TTFT, ITL) an engine in the state of ``report`` would give a request arriving now."""
+    kv = float(report.get("kv_used_blocks", 0))
+    itl = model.predict(0.0, kv)
+    waiting = int(report.get("num_waiting", 0))
+    tokens = (waiting + 1) * avg_isl * (1.0 - min(max(kv_hit_rate, 0.0), 1.0))
+    chunk = max(1, chunk_tokens)
+    full, rest = divmod(tokens, chunk)
+    ttft = full * model.predict(chunk, kv) + (model.predict(rest, kv) if rest > 0 else 0.0)
+    return ttft, itl
+
+
+@dataclass
+class LoadScaler:
+    """Decides ±1 replica per interval from every engine's latest report.
+
+    * up when **all** engines estimate TTFT above target, or all ITL above target (either dimension);
+    * down when all engines are under ``target × sensitivity/100`` on **both** dimensions;
+    * nothing while a previous decision is still being carried out (``pending``).
+    """
+
+    ttft_target_s: float
+    itl_target_s: float
+    sensitivity: float = 80.0
+    max_samples: int = 64
+    bucket: int = 16
+    min_observations: int = 5
+    models: dict[int, PassTimeModel] = field(default_factory=dict)
+    latest: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def observe(self, report: dict[str, Any]) -> None:
+        wid = int(report.get("worker_id", 0)) * 1024 + int(report.get("dp_rank", 0))
+        s = sample_from_report(report)
+        model = self.models.get(wid)
+        if model is None:
+            model = self.models[wid] = PassTimeModel(self.max_samples, self.bucket, self.min_observations)
+        if s is not None:
+            model.add(s)
+        self.latest[wid] = report
+
+    def forget_missing(self, live_worker_ids: set[int]) -> None:
+        """Drop engines that left (their last report would otherwise vote forever)."""
+        for wid in list(self.latest):
+            if wid // 1024 not in live_worker_ids:
+                self.latest.pop(wid, None)
+                self.models.pop(wid, None)
+
+    def estimates(self, *, avg_isl: float, chunk_tokens: int, kv_hit_rate: float = 0.0) -> list[EngineEstimate]:
+        out = []
+        for wid, report in self.latest.items():
+            model = self.models[wid]
+            if not model.ready:
+                continue
+            ttft, itl = estimate(model, report, avg_isl=avg_isl, chunk_tokens=chunk_tokens, kv_hit_rate=kv_hit_rate)
+            out.append(EngineEstimate(wid // 1024, ttft, itl))
+        return out
+
+    def decide(self, estimates: list[EngineEstimate], *, pending: bool, engines: int | None = None) -> Direction:
+        """``engines``: how many engines the pool runs. Scaling down needs an estimate from every one of
+        them (an engine too new to have a model might be the busy one); scaling up does not (the engines
+        that can be estimated are enough to say the pool is short)."""
+        if pending or not estimates:
+            return Direction.HOLD
+        if all(e.ttft_s > self.ttft_target_s for e in estimates) or all(e.itl_s > self.itl_target_s
+                                                                        for e in estimates):
+            return Direction.UP
+        low = self.sensitivity / 100.0
+        if engines is not None and len(estimates) < engines:
+            return Direction.HOLD
+        if all(e.ttft_s < self.ttft_target_s * low and e.itl_s < self.itl_target_s * low for e in estimates):
+            return Direction.DOWN
+        return Direction.HOLD
+
+
+def clamp_step(current: int, direction: Direction, *, min_replicas: int, max_replicas: int) -> int:
+    """``current`` moved one step in ``direction``, kept in [min_replicas, max_replicas]."""
+    target = current + int(direction)
+    if max_replicas > 0:
+        target = min(target, max_replicas)
+    return max(min_replicas, target)

@@ -1,0 +1,129 @@
+"""Load-based scaler: the pass-time regression, TTFT/ITL estimates by hand, and the decision's hysteresis."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynamo.planner.load_scaler import (
+    Direction,
+    EngineEstimate,
+    LatencyCorrection,
+    LoadScaler,
+    PassTimeModel,
+    Sample,
+    clamp_step,
+    estimate,
+    sample_from_report,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def wall(prefill: float, kv: float) -> float:
+    return 0.01 + 1e-5 * prefill + 1e-4 * kv
+
+
+def report(worker_id: int, prefill: float, kv: float, passes: int = 10, waiting: int = 0) -> dict:
+    # 10 passes, each `prefill` prompt tokens plus 4 decode tokens
+    return {"worker_id": worker_id, "dp_rank": 0, "passes": passes, "window_s": passes * wall(prefill, kv),
+            "scheduled_tokens": int(passes * (prefill + 4)), "emitted_tokens": passes * 4,
+            "kv_used_blocks": kv, "num_waiting": waiting, "num_running": 4}
+
+
+def test_sample_from_report():
+    s = sample_from_report(report(1, 256, 100))
+    assert s == Sample(256, 100, pytest.approx(wall(256, 100)))
+    assert sample_from_report({"passes": 0, "window_s": 0.1}) is None
+
+
+def test_regression_recovers_a_linear_pass_time():
+    m = PassTimeModel(min_observations=5)
+    for p in (0, 512, 1024, 2048):
+        for kv in (10, 200, 400):
+            m.add(sample_from_report(report(1, p, kv)))
+    assert m.ready
+    assert m.predict(300, 50) == pytest.approx(wall(300, 50), rel=1e-6)
+
+
+def test_repeated_points_share_a_bucket():
+    m = PassTimeModel(max_samples=64, bucket=16)
+    for _ in range(100):
+        m.add(Sample(100, 10, 0.02))
+    assert len(m) == 1
+    for i in range(100):
+        m.add(Sample(i * 32, 0, 0.02))
+    assert len(m) == 64
+
+
+def test_estimates_by_hand():
+    m = PassTimeModel()
+    for p in (0, 512, 1024, 2048):
+        for kv in (10, 200, 400):
+            m.add(sample_from_report(report(1, p, kv)))
+    # one waiting request + the new one, 1000 tokens each, chunk 512: 3 full chunks + 464 tokens
+    ttft, itl = estimate(m, report(1, 0, 100, waiting=1), avg_isl=1000, chunk_tokens=512)
+    assert itl == pytest.approx(wall(0, 100))
+    assert ttft == pytest.approx(3 * wall(512, 100) + wall(464, 100))
+    # a 50% KV hit rate halves the prompt work: 1000 tokens = 1 chunk + 488
+    ttft_hit, _ = estimate(m, report(1, 0, 100, waiting=1), avg_isl=1000, chunk_tokens=512, kv_hit_rate=0.5)
+    assert ttft_hit == pytest.approx(wall(512, 100) + wall(488, 100))
+
+
+def est(*pairs: tuple[float, float]) -> list[EngineEstimate]:
+    return [EngineEstimate(i, t, i_) for i, (t, i_) in enumerate(pairs)]
+
+
+def test_decision_hysteresis():
+    s = LoadScaler(ttft_target_s=0.5, itl_target_s=0.05, sensitivity=80)
+    assert s.decide(est((0.6, 0.01), (0.7, 0.01)), pending=False) is Direction.UP  # all over TTFT
+    assert s.decide(est((0.1, 0.06), (0.1, 0.07)), pending=False) is Direction.UP  # all over ITL
+    assert s.decide(est((0.6, 0.01), (0.1, 0.01)), pending=False) is Direction.HOLD  # not all engines
+    assert s.decide(est((0.45, 0.01), (0.1, 0.01)), pending=False) is Direction.HOLD  # 0.45 > 80% of 0.5
+    assert s.decide(est((0.39, 0.039), (0.1, 0.01)), pending=False) is Direction.DOWN  # all under 80%, both
+    assert s.decide(est((0.39, 0.041), (0.1, 0.01)), pending=False) is Direction.HOLD  # ITL 0.041 > 0.04
+    assert s.decide(est((0.9, 0.09)), pending=True) is Direction.HOLD  # a scaling is still pending
+    assert s.decide([], pending=False) is Direction.HOLD
+
+
+def test_scaler_end_to_end_from_reports():
+    s = LoadScaler(ttft_target_s=0.05, itl_target_s=0.02, min_observations=5)
+    for wid in (1, 2):
+        for p in (0, 512, 1024, 2048):
+            for kv in (10, 200, 400):
+                s.observe(report(wid, p, kv))
+    # both engines now carry 400 KV blocks: ITL 0.05 s > 0.02 → up
+    for wid in (1, 2):
+        s.observe(report(wid, 0, 400))
+    assert s.decide(s.estimates(avg_isl=100, chunk_tokens=512), pending=False) is Direction.UP
+    s.forget_missing({1})
+    assert [e.worker_id for e in s.estimates(avg_isl=100, chunk_tokens=512)] == [1]
+
+
+def test_clamp_step():
+    assert clamp_step(3, Direction.UP, min_replicas=1, max_replicas=4) == 4
+    assert clamp_step(4, Direction.UP, min_replicas=1, max_replicas=4) == 4
+    assert clamp_step(1, Direction.DOWN, min_replicas=1, max_replicas=4) == 1
+    assert clamp_step(2, Direction.HOLD, min_replicas=1, max_replicas=0) == 2
+
+
+def test_scale_down_needs_every_engine():
+    s = LoadScaler(ttft_target_s=0.5, itl_target_s=0.05)
+    calm = est((0.1, 0.01), (0.1, 0.01))
+    assert s.decide(calm, pending=False, engines=2) is Direction.DOWN
+    assert s.decide(calm, pending=False, engines=3) is Direction.HOLD  # a third engine has no model yet
+    hot = est((0.9, 0.01), (0.8, 0.01))
+    assert s.decide(hot, pending=False, engines=3) is Direction.UP  # the known engines suffice to add one
+
+
+def test_latency_correction():
+    c = LatencyCorrection(cap=20)
+    engines = est((0.1, 0.01), (0.3, 0.03))  # means 0.2 s, 0.02 s
+    c.update(0.6, 0.05, engines)
+    assert (c.ttft, c.itl) == (pytest.approx(3.0), pytest.approx(2.5))
+    c.update(0.1, 0.01, engines)  # clients see less than the engines predict: no credit below 1
+    assert (c.ttft, c.itl) == (1.0, 1.0)
+    c.update(100.0, 1.0, engines)
+    assert c.ttft == 20 and c.itl == 20  # capped
+    c.update(float("nan"), float("nan"), engines)  # an idle step: halfway back to 1
+    assert (c.ttft, c.itl) == (10.5, 10.5)
+    assert engines[0].scaled(2.0, 3.0) == EngineEstimate(0, 0.2, pytest.approx(0.03))
