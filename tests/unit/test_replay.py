@@ -95,8 +95,9 @@ def test_tiny_trace_replays_the_hand_computed_schedule():
     sim = ReplaySimulation(trace, num_workers=1, trace_block_size=BS)
     res = sim.run()
     r1, r2 = res.records
-    # Request 1: one pass prefills 128 tokens (2 blocks) and emits token 1; token 2 needs a third block.
-    t1 = prefill_ms(128) + decode_ms(2)
+    # Request 1: one pass prefills 128 tokens (2 blocks) and emits token 1 (no decode step is charged for
+    # a token sampled from the prefill itself); token 2 needs a third block.
+    t1 = prefill_ms(128)
     t2 = t1 + decode_ms(3)
     t3 = t2 + decode_ms(3)
     assert r1.first_token_ms == pytest.approx(t1)
@@ -105,7 +106,7 @@ def test_tiny_trace_replays_the_hand_computed_schedule():
     assert (r1.reused_tokens, r1.tokens, r1.status) == (0, 3, "completed")
     # Request 2 shares hash id 0: one cached block (64 tokens) of its prompt, 64 to compute.
     assert r2.reused_tokens == 64
-    assert r2.first_token_ms == pytest.approx(1000.0 + prefill_ms(64) + decode_ms(2))
+    assert r2.first_token_ms == pytest.approx(1000.0 + prefill_ms(64))
     assert r2.last_token_ms == pytest.approx(r2.first_token_ms + decode_ms(3))
     assert list(res.itl_ms) == pytest.approx([t2 - t1, t3 - t2, decode_ms(3)])
     assert res.duration_ms == pytest.approx(r2.last_token_ms)
@@ -118,8 +119,8 @@ def test_simultaneous_arrivals_share_the_first_pass():
     trace = [TraceRequest(0.0, 128, 2, (1, 2)), TraceRequest(0.0, 128, 2, (3, 4))]
     res = ReplaySimulation(trace, num_workers=1, trace_block_size=BS).run()
     a, b = res.records
-    # One pass prefills both prompts: T = batch 2 x 128 new tokens, 4 blocks active afterwards.
-    assert a.first_token_ms == b.first_token_ms == pytest.approx(prefill_ms(256) + decode_ms(4))
+    # One pass prefills both prompts (T = batch 2 x 128 new tokens) and both first tokens come out of it.
+    assert a.first_token_ms == b.first_token_ms == pytest.approx(prefill_ms(256))
 
 
 def test_kv_router_sends_the_shared_prefix_to_the_worker_that_holds_it():

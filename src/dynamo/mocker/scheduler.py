@@ -15,7 +15,8 @@
    (``fifo``) running request is preempted: its blocks are released, its progress reset, it goes to the
    front of the waiting queue and any budget it took this pass is refunded.
 4. ``prefill_ms`` from the perf model over the requests that computed prompt tokens, then every running
-   request whose known tokens are all computed emits one token (``decode_ms`` for that batch). The pass
+   request whose known tokens are all computed emits one token (``decode_ms`` for those of them that were
+   already decoding: a prompt completed this pass yields its first token for free). The pass
    lasts ``prefill_ms/speedup + decode_ms/(speedup × decode_speedup)``.
 
 A request finishes (``finish_reason="length"``) right after emitting its ``max_tokens``-th token; its
@@ -360,12 +361,19 @@ class Scheduler:
             result.prefill_ms = self.perf.predict_prefill_ms(n, batch[1] // n, batch[2] // n)
         if ready:
             if args.worker_type != "prefill":
+                # A request whose prompt finished computing this pass samples its first token from that
+                # prefill: only requests that were already decoding cost a decode step (as the
+                # reference does: a pass that only completes prefills lasts exactly its prefill time).
                 total_len = 0
+                decoding = 0
                 for r in ready:
-                    total_len += len(r.tokens)
-                result.decode_ms = self.perf.predict_decode_ms(
-                    len(ready), kv.num_active_blocks * bs, total_len // len(ready), args.num_gpu_blocks * bs
-                )
+                    if r.pass_id != pass_id or r.pass_prompt == 0:
+                        decoding += 1
+                        total_len += len(r.tokens)
+                if decoding:
+                    result.decode_ms = self.perf.predict_decode_ms(
+                        decoding, kv.num_active_blocks * bs, total_len // decoding, args.num_gpu_blocks * bs
+                    )
             self._emit_tokens(ready, result)
         result.duration_ms = (
             result.prefill_ms / args.speedup_ratio
