@@ -295,3 +295,31 @@ async def test_decode_worker_killed_mid_stream_migrates() -> None:
         assert metric(dep.url, "dynamo_frontend_model_migration_total") >= 1
     finally:
         dep.close()
+
+
+def test_client_gone_mid_prefill_orphans_no_transfer_and_leaks_nothing() -> None:
+    # Slow prefills (a 4000-token prompt takes ~0.4 s at speedup 0.2) so the client leaves mid-prefill.
+    dep = deploy(bootstrap=True, decode_workers=1, speedup="0.2")
+    try:
+        prompt = tokens(random.Random(5), 4000)
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 64, "stream": True}
+        with pytest.raises(httpx.ReadTimeout):
+            with httpx.stream("POST", dep.url + "/v1/completions", json=body, timeout=0.15) as r:
+                r.read()
+        # The bootstrap prefill was not tied to the client: it ran to the end, and the prefill worker
+        # holds (and announced) the prompt's blocks, which the prefill router now sees.
+        full = len(prompt) // BS
+
+        def prefill_kept_the_prompt() -> bool:
+            q = httpx.post(dep.url + "/v1/completions", timeout=10, json={
+                "model": MODEL, "prompt": prompt, "max_tokens": 1, "nvext": {"annotations": ["query_instance_id"]}})
+            return q.json()["nvext"]["worker_id"]["prefill"].get("overlap_blocks") == full
+
+        wait_for(prefill_kept_the_prompt, timeout=15, interval=0.2)
+        # Nothing is left booked or allocated anywhere once the dust settles.
+        wait_for(lambda: metric(dep.url, "dynamo_frontend_worker_kv_used_blocks") == 0
+                 and metric(dep.url, "dynamo_frontend_worker_active_decode_blocks") == 0
+                 and metric(dep.url, "dynamo_frontend_inflight_requests") == 0, timeout=15, interval=0.2)
+        assert metric(dep.url, "dynamo_frontend_disagg_prefills_total", kind="remote_bootstrap") == 1
+    finally:
+        dep.close()
