@@ -12,6 +12,7 @@ from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.pipeline import OFFLOAD_CHARS, PREPROCESS_THREADS, ModelEngine, PipelineOptions
 from dynamo.llm.model_manager import WorkerSet
 from dynamo.llm.preprocessor.request import OpenAIPreprocessor, PreprocessResult
+from dynamo.llm.preprocessor.tokenizer import LONG_TEXT_CHARS
 from dynamo.llm.protocols.model_card import ModelDeploymentCard
 from dynamo.llm.protocols.openai import ChatCompletionRequest
 from tests.support.procs import SHARED_DATA
@@ -92,3 +93,13 @@ async def test_long_prompts_do_not_share_one_thread(engine: ModelEngine) -> None
     # Submitted together, eight long prompts are spread over several threads (the pool only reuses
     # an idle thread), where one helper thread used to take them one after another.
     assert len(used) >= 2
+
+
+async def test_prompt_on_the_tokenizers_gil_free_path_is_offloaded(engine: ModelEngine) -> None:
+    # ~2000 tokens (12k chars): long enough for the tokenizer to release the GIL, so a pool thread
+    # tokenizes it on another core; kept on the loop, such prompts capped the frontend at one core.
+    text = "lorem ipsum " * 1000
+    assert LONG_TEXT_CHARS < len(text) and OFFLOAD_CHARS <= LONG_TEXT_CHARS
+    before = _offloaded(engine)
+    name = await _run(engine, _chat(messages=[{"role": "user", "content": text}]))
+    assert name.startswith("dynamo-preprocess") and _offloaded(engine) == before + 1
