@@ -22,6 +22,7 @@ from dynamo.common.configuration.groups import (
     RuntimeConfig,
     kv_router_config,
 )
+from dynamo.frontend.process_group import reuse_port_supported
 from dynamo.llm.push_router import ROUTER_MODES
 from dynamo.runtime.errors import ConfigError
 
@@ -29,6 +30,8 @@ from dynamo.runtime.errors import ConfigError
 class FrontendConfig(RuntimeConfig):
     http_host: str = "0.0.0.0"
     http_port: int = 8000
+    http_reuse_port: bool = False
+    num_workers: int = 1
     tls_cert_path: str | None = None
     tls_key_path: str | None = None
     router_mode: str = "round-robin"
@@ -75,6 +78,14 @@ class FrontendConfig(RuntimeConfig):
             raise ConfigError(f"--migration-limit must be in [0, 1023], got {self.migration_limit}")
         if not 0 <= self.http_port <= 65535:
             raise ConfigError(f"--http-port must be in [0, 65535], got {self.http_port}")
+        if self.num_workers < 1:
+            raise ConfigError(f"--num-workers must be at least 1, got {self.num_workers}")
+        if (self.num_workers > 1 or self.http_reuse_port) and not reuse_port_supported():
+            raise ConfigError(f"--num-workers > 1 and --http-reuse-port need SO_REUSEPORT balancing, which only "
+                              f"Linux has ({sys.platform}): run one frontend per port behind a load balancer")
+        if self.num_workers > 1 and self.kserve_grpc_server:
+            raise ConfigError("--num-workers > 1 serves HTTP only; run the KServe gRPC frontend as its own "
+                              "process (--kserve-grpc-server without --num-workers)")
         if self.stream_stall_timeout is not None and self.stream_stall_timeout <= 0:
             raise ConfigError("--stream-stall-timeout must be positive")
         if self.kserve_grpc_server:
@@ -90,6 +101,13 @@ class FrontendArgGroup(ArgGroup):
     def add_arguments(self, parser: ArgumentContainer) -> None:
         add_argument(parser, "--http-host", "DYN_HTTP_HOST", "0.0.0.0", "Address the HTTP server binds.")
         add_argument(parser, "--http-port", "DYN_HTTP_PORT", 8000, "HTTP port.", arg_type=int)
+        add_argument(parser, "--num-workers", "DYN_FRONTEND_NUM_WORKERS", 1,
+                     "Frontend processes sharing --http-port (SO_REUSEPORT, Linux): one core each for "
+                     "templating and tokenizing; with --router-mode kv they keep one view of worker load "
+                     "through router replica sync.", arg_type=int)
+        add_negatable_bool_argument(parser, "--http-reuse-port", "DYN_HTTP_REUSE_PORT", False,
+                                    "Bind --http-port with SO_REUSEPORT so other frontends (same user) can share "
+                                    "it (Linux; --num-workers sets it for its processes).")
         add_argument(parser, "--tls-cert-path", "DYN_TLS_CERT_PATH", None, "TLS certificate (PEM); needs --tls-key-path.")
         add_argument(parser, "--tls-key-path", "DYN_TLS_KEY_PATH", None, "TLS private key (PEM); needs --tls-cert-path.")
         add_argument(parser, "--router-mode", "DYN_ROUTER_MODE", "round-robin",

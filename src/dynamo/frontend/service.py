@@ -16,6 +16,7 @@ from dynamo.frontend.http.app import FrontendApp
 from dynamo.frontend.load_watcher import LoadWatcher
 from dynamo.frontend.metrics import FrontendMetrics
 from dynamo.frontend.pipeline import ModelEngine, PipelineOptions
+from dynamo.frontend.process_group import bind_reuse_port
 from dynamo.kv_router.conditional_disagg import ConditionalDisaggConfig
 from dynamo.llm.busy import BusyThresholds
 from dynamo.llm.model_manager import ModelManager, WorkerSet
@@ -90,6 +91,11 @@ async def build_frontend(config: FrontendConfig, runtime: DistributedRuntime) ->
     return Frontend(runtime, manager, metrics, app, loads)
 
 
+def graceful_shutdown_s() -> float:
+    """Seconds in-flight requests get to finish after SIGTERM."""
+    return float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5"))
+
+
 async def serve_http(config: FrontendConfig, frontend: Frontend) -> None:
     uv_config = uvicorn.Config(
         frontend.app,
@@ -102,7 +108,7 @@ async def serve_http(config: FrontendConfig, frontend: Frontend) -> None:
         log_level="warning",
         ssl_certfile=config.tls_cert_path,
         ssl_keyfile=config.tls_key_path,
-        timeout_graceful_shutdown=float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5")),
+        timeout_graceful_shutdown=graceful_shutdown_s(),
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(uv_config)
@@ -115,14 +121,21 @@ async def serve_http(config: FrontendConfig, frontend: Frontend) -> None:
         port = config.http_port
         with contextlib.suppress(Exception):
             port = server.servers[0].sockets[0].getsockname()[1]
-        logger.info("OpenAI-compatible API listening on %s://%s:%d/v1 (models: %s)", scheme, host, port,
-                    ", ".join(frontend.manager.model_names()) or "none yet; waiting for workers")
+        worker = os.environ.get("DYN_FRONTEND_WORKER_INDEX")
+        logger.info("OpenAI-compatible API listening on %s://%s:%d/v1 (models: %s)%s", scheme, host, port,
+                    ", ".join(frontend.manager.model_names()) or "none yet; waiting for workers",
+                    f" [worker {worker}, pid {os.getpid()}]" if worker is not None else "")
 
+    # SO_REUSEPORT: this process is one of several sharing the port (--num-workers); uvicorn has no
+    # option for it, so the socket is bound here and handed over.
+    sockets = [bind_reuse_port(config.http_host, config.http_port)] if config.http_reuse_port else None
     announcer = asyncio.get_running_loop().create_task(announce())
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     finally:
         announcer.cancel()
+        for sock in sockets or ():
+            sock.close()
 
 
 @contextlib.asynccontextmanager
@@ -145,4 +158,4 @@ async def serve_grpc(config: FrontendConfig, frontend: Frontend) -> AsyncIterato
         if metrics_server is not None:
             metrics_server.close()
         # In-flight calls get the same grace as HTTP requests.
-        await server.stop(float(os.environ.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS", "5")))
+        await server.stop(graceful_shutdown_s())
