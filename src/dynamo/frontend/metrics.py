@@ -57,6 +57,12 @@ class FrontendMetrics:
         self.osl = Histogram(f"{p}_output_sequence_tokens", "Generated tokens", m,
                              buckets=_buckets("OUTPUT_SEQUENCE", 50, 32000, 10), registry=reg)
         self.output_tokens = Counter(f"{p}_output_tokens", "Generated tokens", m, registry=reg)
+        worker = os.environ.get("DYN_FRONTEND_WORKER_INDEX")
+        if worker is not None:
+            # One of --num-workers processes sharing a port: each serves its own /metrics, so a scrape
+            # says which process it reached.
+            Gauge(f"{p}_worker_info", "This frontend process in its --num-workers group", ["worker", "pid"],
+                  registry=reg).labels(worker, str(os.getpid())).set(1)
         self.cached_tokens = Histogram(f"{p}_cached_tokens", "Prompt tokens served from KV cache", m,
                                        buckets=_buckets("INPUT_SEQUENCE", 50, 128000, 12), registry=reg)
         self.ttft = Histogram(f"{p}_time_to_first_token_seconds", "Time to first token", m,
