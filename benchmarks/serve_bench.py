@@ -77,6 +77,31 @@ def process_cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and of all its live descendants (a ``--num-workers`` frontend is a supervisor
+    and its worker processes; /proc/PID/stat counts children only once they are reaped)."""
+    total, stack = 0.0, [pid]
+    while stack:
+        p = stack.pop()
+        total += process_cpu_seconds(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    stack.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def parse_cpus(spec: str) -> set[int]:
+    """``taskset -c`` syntax: ``0``, ``0,2``, ``0-3``."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def clean_env(venv_bin: Path, home: Path, kv_dir: Path) -> dict[str, str]:
     """The same environment for both systems: loopback-only, file discovery, nothing inherited that
     could make one system import the other's code."""
@@ -123,6 +148,9 @@ class Deployment:
     keep_logs: bool = False
     request_plane: str = "tcp"
     nats_url: str = ""
+    frontend_args: tuple[str, ...] = ()
+    #: CPUs a role's processes are pinned to (sched_setaffinity, inherited by their children)
+    cpus: dict[str, set[int]] = field(default_factory=dict)
     port: int = 0
     tmp: Path = field(default_factory=Path)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -151,11 +179,13 @@ class Deployment:
     def _spawn(self, role: str, args: list[str], env: dict[str, str]) -> None:
         log = self.tmp / f"{role}.log"
         self.logs[role] = log
+        cpus = self.cpus.get(role)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         with open(log, "wb") as out:
             # own session: the whole process group can be signalled, so no grandchild outlives us
             self.procs[role] = subprocess.Popen([str(self.system.python), "-m", *args], env=env, cwd=self.tmp,
                                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
+                                                start_new_session=True, preexec_fn=pin)
 
     def _start(self) -> None:
         home, kv = self.tmp / "home", self.tmp / "kv"
@@ -174,7 +204,7 @@ class Deployment:
                                "--num-workers", str(self.workers), "--speedup-ratio", "1000",
                                *self.system.mocker_args], env)
         self._spawn("frontend", ["dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(self.port),
-                                 "--router-mode", self.router_mode], env)
+                                 "--router-mode", self.router_mode, *self.frontend_args], env)
         self._wait_ready(name, timeout=120.0)
 
     def _check_import(self, env: dict[str, str]) -> None:
@@ -374,7 +404,7 @@ async def drive(dep: Deployment, prompts: PromptSource, args: argparse.Namespace
         loop.add_signal_handler(sig, main_task.cancel)
 
     def probe() -> dict[str, float]:
-        return {"frontend": process_cpu_seconds(fe_pid), "mocker": process_cpu_seconds(wk_pid),
+        return {"frontend": tree_cpu_seconds(fe_pid), "mocker": tree_cpu_seconds(wk_pid),
                 "client": time.process_time()}
 
     rows = []
@@ -396,9 +426,17 @@ async def drive(dep: Deployment, prompts: PromptSource, args: argparse.Namespace
 
 
 def run_system(system: System, prompts: PromptSource, args: argparse.Namespace) -> list[dict[str, Any]]:
-    print(f"[{system.name}] starting mocker x{args.workers} + frontend ({args.router_mode}) ...", flush=True)
+    print(f"[{system.name}] starting mocker x{args.workers} + frontend ({args.router_mode}"
+          f"{f', {args.frontend_workers} processes' if args.frontend_workers > 1 and system.name.startswith('ours') else ''}"
+          f"{f', cpus {args.frontend_cpus}' if args.frontend_cpus else ''}) ...", flush=True)
+    # --frontend-workers is ours only: the reference's frontend is one multi-threaded process
+    frontend_args = ("--num-workers", str(args.frontend_workers)) if args.frontend_workers > 1 and \
+        system.name.startswith("ours") else ()
+    cpus = {role: parse_cpus(spec) for role, spec in (("frontend", args.frontend_cpus),
+                                                      ("mocker", args.mocker_cpus)) if spec}
     with Deployment(system, args.model_path, args.workers, args.router_mode, keep_logs=args.keep_logs,
-                    request_plane=args.request_plane, nats_url=args.nats_url) as dep:
+                    request_plane=args.request_plane, nats_url=args.nats_url, frontend_args=frontend_args,
+                    cpus=cpus) as dep:
         time.sleep(1.0)  # let the frontend see every worker before warm-up starts routing
         try:
             import uvloop
@@ -490,6 +528,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="mocker --num-workers (default 2)")
     p.add_argument("--request-plane", choices=["tcp", "nats", "http"], default="tcp",
                    help="request plane of the deployment (nats: a nats-server is started for the run)")
+    p.add_argument("--frontend-workers", type=int, default=1,
+                   help="our frontend's --num-workers (processes on one port; default 1)")
+    p.add_argument("--frontend-cpus", help="pin both systems' frontend to these CPUs (taskset -c syntax: 0 or 0-1)")
+    p.add_argument("--mocker-cpus", help="pin the mocker workers to these CPUs")
     p.add_argument("--model-path", type=Path, default=DEFAULT_MODEL_DIR, help="tokenizer/model dir")
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds (systems alternate); each system keeps its best round per level (default 1)")
