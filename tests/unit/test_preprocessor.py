@@ -61,6 +61,24 @@ def test_tokenizer_special_tokens() -> None:
     assert qwen.encode("a\x00b") == qwen.encode("ab")
 
 
+def test_larger_word_cache_tokenizes_exactly_like_the_library() -> None:
+    import random
+
+    import tokenizers
+
+    from dynamo.llm.preprocessor.tokenizer import CACHE_WORDS
+
+    ours = Tokenizer.from_dir(QWEN3)
+    plain = tokenizers.Tokenizer.from_file(str(QWEN3 / "tokenizer.json"))
+    words = sorted(w[1:] for w in plain.get_vocab() if w.startswith("\u0120") and w[1:].isalpha())
+    assert CACHE_WORDS > 10_000 and len(words) > 20_000  # more distinct words than the library's cache
+    rng = random.Random(5)
+    texts = [" ".join(rng.choices(words, k=3000)) + " 12 ab\u00e9 \u4f60\u597d" for _ in range(12)]
+    for _ in range(2):  # the second pass is served from the cache
+        for text in texts:
+            assert ours.encode(text) == plain.encode(text).ids
+
+
 def test_chat_prompt_and_defaults(qwen_pp: OpenAIPreprocessor) -> None:
     res = qwen_pp.preprocess_chat(chat(), request_id="r1")
     req = res.request

@@ -8,6 +8,7 @@ A model folder is laid out like a Hugging Face repo without weights: ``tokenizer
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,11 @@ import tokenizers
 #: texts longer than this are encoded through the batch API (see ``Tokenizer.encode``); below it the
 #: single call is as fast or faster
 LONG_TEXT_CHARS = 4096
+#: Words the BPE model remembers (pre-token -> token ids). The library keeps 10,000: prompts drawing on
+#: a wider vocabulary (long documents, code, several languages) miss it and redo every merge; at 100k
+#: a 2000-token prompt of varied English words tokenized in ~30% less CPU, for a few MB per model.
+#: ``DYN_TOKENIZER_CACHE_WORDS`` overrides (0 keeps the library's default).
+CACHE_WORDS = int(os.environ.get("DYN_TOKENIZER_CACHE_WORDS") or 100_000)
 
 
 def _token_content(value: Any) -> str | None:
@@ -50,6 +56,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _resize_word_cache(hf: tokenizers.Tokenizer, words: int) -> None:
+    # ``_resize_cache`` is the bindings' own (underscored) hook on BPE models; other models (Unigram,
+    # WordPiece) and older releases lack it, and then the library default stays.
+    resize = getattr(hf.model, "_resize_cache", None)
+    if words > 0 and resize is not None:
+        resize(words)
+
+
 class Tokenizer:
     """Encode/decode plus the special-token facts the preprocessor and decoder need."""
 
@@ -81,6 +95,7 @@ class Tokenizer:
         add_bos_token: bool | None = None,
     ) -> None:
         self.hf = hf
+        _resize_word_cache(hf, CACHE_WORDS)
         self._encode = hf.encode
         self._encode_batch_fast = getattr(hf, "encode_batch_fast", None)
         self._decode = hf.decode
