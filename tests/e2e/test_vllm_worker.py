@@ -325,6 +325,14 @@ def test_invalid_vllm_argument_is_one_line_and_exit_2() -> None:
 # -- failures and shutdown (these take workers away: keep them last) ---------------------------------------
 
 
+def _instance_id(stack: Stack, name: str) -> int:
+    """The instance id worker ``name`` logged when it started serving."""
+    text = (stack.dep.logdir / f"worker-{name}.log").read_text(errors="replace")
+    found = re.search(r"vLLM (?:\w+ )?worker ([0-9a-f]+) serving", text)
+    assert found, f"worker {name} logged no instance id"
+    return int(found.group(1), 16)
+
+
 def _children(pid: int) -> list[int]:
     import psutil
 
@@ -334,9 +342,10 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-async def _streams(stack: Stack, n: int, max_tokens: int, salt: str, on_started: Any) -> list[tuple[int, str]]:
+async def _streams(stack: Stack, n: int, max_tokens: int, salt: str, on_started: Any,
+                   served: list[int] | None = None) -> list[tuple[int, str]]:
     """``n`` concurrent streams; ``on_started`` runs once every stream has tokens. Returns each stream's
-    (completion tokens, finish reason)."""
+    (completion tokens, finish reason); ``served`` gets the instance each stream started on."""
     started = 0
     all_started = asyncio.Event()
     # one client per event loop: each test runs its own asyncio.run
@@ -344,9 +353,12 @@ async def _streams(stack: Stack, n: int, max_tokens: int, salt: str, on_started:
 
     async def one(i: int) -> tuple[int, str]:
         nonlocal started
-        stream = await aclient.completions.create(
+        raw = await aclient.completions.with_raw_response.create(
             model=MODEL, prompt=words(20, f"{salt}{i}"), max_tokens=max_tokens, stream=True,
             stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        if served is not None:
+            served.append(int(raw.headers["x-dynamo-worker-instance-id"]))
+        stream = raw.parse()
         seen = False
         usage, finish = 0, ""
         async for chunk in stream:
@@ -376,16 +388,26 @@ def test_engine_core_death_deregisters_the_worker_and_streams_migrate(stack: Sta
     # worker c serves the next two tests; its drain must outlast the SIGTERM test's streams
     stack.workers["c"] = vllm_worker(stack.dep, "worker-c", stack.model, core=0,
                                      env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "120"})
-    a = stack.workers["a"]
     before = set(stack.instances())
+    served: list[int] = []
+    victim: list[str] = []
 
     def kill_engine_core() -> None:
-        for pid in _children(a.pid):
+        # The engine of the worker serving the most streams (the router spreads them by load, so that
+        # is never a worker with none): its streams must move to the other worker.
+        ids = {name: _instance_id(stack, name) for name in ("a", "b")}
+        name = max(ids, key=lambda k: served.count(ids[k]))
+        assert served.count(ids[name]) > 0
+        victim.append(name)
+        for pid in _children(stack.workers[name].pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    results = asyncio.run(_streams(stack, 6, 400, "coredeath", kill_engine_core))
+    results = asyncio.run(_streams(stack, 6, 400, "coredeath", kill_engine_core, served))
     assert results == [(400, "length")] * 6
+    if victim == ["b"]:  # the next test kills the survivor, under the name "b"
+        stack.workers["a"], stack.workers["b"] = stack.workers["b"], stack.workers["a"]
+    a = stack.workers["a"]
     assert a.wait(60) not in (0, None), "a worker whose engine died must exit non-zero"
     wait_for(lambda: len(set(stack.instances()) & before) == 1, timeout=20, what="the dead worker to leave")
     migrations = sum(float(m) for m in re.findall(r'^dynamo_frontend_model_migration_total\{[^}]*\} (\S+)$',
