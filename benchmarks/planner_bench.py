@@ -173,6 +173,7 @@ class Cluster:
             "--ttft", str(a.ttft_ms), "--itl", str(a.itl_ms), "--isl", str(a.max_isl // 2),
             "--max-num-batched-tokens", "8192", "--max-gpu-budget", str(a.max_workers), "--min-endpoint", str(a.planner_min),
             "--loadbased-sensitivity", str(a.sensitivity), "--load-predictor", "constant",
+            "--loadbased-max-step-up", str(a.max_step_up), "--loadbased-scale-down-window", str(a.down_window),
             "--metrics-source", "frontend", "--frontend-metrics-url", f"http://127.0.0.1:{self.port}/metrics"])
 
     def stop(self) -> None:
@@ -343,6 +344,8 @@ def main() -> None:
     p.add_argument("--planner-interval", type=float, default=1.0)
     p.add_argument("--planner-min", type=int, default=1, help="the planner's --min-endpoint")
     p.add_argument("--sensitivity", type=float, default=60.0)
+    p.add_argument("--max-step-up", type=int, default=3, help="the planner's --loadbased-max-step-up")
+    p.add_argument("--down-window", type=float, default=15.0, help="the planner's --loadbased-scale-down-window (s)")
     p.add_argument("--only", nargs="*", help="run only these configs (planner, static-peak, static-mean)")
     p.add_argument("--out", default="planner-bench")
     args = p.parse_args()

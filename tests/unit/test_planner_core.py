@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from dynamo.planner.args import parse_config
+from dynamo.planner.connectors.base import TargetReplica
 from dynamo.planner.connectors.virtual import VirtualConnector, VirtualConnectorClient
 from dynamo.planner.core import Planner
 from dynamo.planner.load_scaler import Direction
@@ -111,3 +112,43 @@ def test_warmup_trace_buckets():
     assert series[0][1] == pytest.approx(sum(r[1] for r in first) / len(first))
     with pytest.raises(ConfigError, match="not found"):
         read_trace("/no/such/trace.csv")
+
+
+def fpm(worker_id: int, prefill: float, kv: float, waiting: int = 0) -> dict:
+    """Ten passes of ``prefill`` prompt tokens + 4 decode tokens at 0.01 + 1e-5·prefill + 1e-4·kv s each."""
+    wall = 0.01 + 1e-5 * prefill + 1e-4 * kv
+    return {"worker_id": worker_id, "dp_rank": 0, "passes": 10, "window_s": 10 * wall,
+            "scheduled_tokens": int(10 * (prefill + 4)), "emitted_tokens": 40, "kv_used_blocks": kv,
+            "num_waiting": waiting, "num_running": 4}
+
+
+def feed(planner: Planner, worker_id: int, waiting: int) -> None:
+    for p in (0, 512, 1024, 2048):
+        for kv in (10, 200, 400):
+            planner.observe_fpm("decode", fpm(worker_id, p, kv))
+    planner.observe_fpm("decode", fpm(worker_id, 0, 10, waiting))  # the state estimates are taken from
+
+
+async def test_load_step_adds_several_and_waits_out_the_scale_down_window(store):
+    conn = VirtualConnector(store, "ns")
+    await conn.start()
+    ops = VirtualConnectorClient(store, "ns")
+    c = parse_config(["--environment", "virtual", "--mode", "agg", "--no-enable-throughput-scaling",
+                      "--enable-loadbased-scaling", "--loadbased-max-step-up", "2", "--loadbased-scale-down-window",
+                      "10", "--max-gpu-budget", "8", "--isl", "1000", "--max-num-batched-tokens", "512"])
+    c.validate()
+    planner = Planner(c, conn, None, None)
+    await conn.set_component_replicas([TargetReplica("decode", 1)])
+    await ops.complete(await ops.get())
+    # 49 queued prompts of 1000 tokens: TTFT ≈ 2.5 s, 5x the 0.5 s target → +4 wanted, capped at +2
+    feed(planner, 1, waiting=49)
+    assert await planner.load_step(now=0.0) == {"decode": Direction.UP}
+    assert (await conn.current_replicas())["decode"] == 3
+    await ops.complete(await ops.get())
+    for wid in (1, 2, 3):
+        feed(planner, wid, waiting=0)  # the burst is over: every engine is idle
+    assert await planner.load_step(now=5.0) == {"decode": Direction.DOWN}
+    assert (await conn.current_replicas())["decode"] == 3  # 3 was wanted 5 s ago: held
+    assert conn.decision_id == 2
+    await planner.load_step(now=10.5)
+    assert (await conn.current_replicas())["decode"] == 2  # calm for a whole window: one step down

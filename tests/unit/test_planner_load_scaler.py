@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from dynamo.planner.load_scaler import (
@@ -11,9 +13,11 @@ from dynamo.planner.load_scaler import (
     LoadScaler,
     PassTimeModel,
     Sample,
+    ScaleDownWindow,
     clamp_step,
     estimate,
     sample_from_report,
+    up_step,
 )
 
 pytestmark = pytest.mark.unit
@@ -127,3 +131,38 @@ def test_latency_correction():
     c.update(float("nan"), float("nan"), engines)  # an idle step: halfway back to 1
     assert (c.ttft, c.itl) == (10.5, 10.5)
     assert engines[0].scaled(2.0, 3.0) == EngineEstimate(0, 0.2, pytest.approx(0.03))
+
+
+def test_up_step_is_sized_by_how_far_over_target():
+    hot = est((1.6, 0.01), (1.1, 0.01))  # TTFT target 0.5: the least loaded engine is 2.2x over
+    kw = {"ttft_target_s": 0.5, "itl_target_s": 0.05}
+    assert up_step(hot, 2, max_step=1, **kw) == 1  # the reference's ±1
+    assert up_step(hot, 2, max_step=8, **kw) == 3  # ceil(2 × 2.2) − 2
+    assert up_step(hot, 2, max_step=2, **kw) == 2  # capped
+    assert up_step(est((0.51, 0.01)), 1, max_step=8, **kw) == 1  # barely over: at least one
+    # ITL over on every engine, TTFT not: ITL's ratio (0.15 / 0.05 = 3) sizes the step
+    assert up_step(est((0.1, 0.15), (0.9, 0.2)), 1, max_step=8, **kw) == 2
+    # a dimension the pool does not answer for (prefill pools: ITL target inf) is ignored
+    assert up_step(hot, 2, max_step=8, ttft_target_s=0.5, itl_target_s=math.inf) == 3
+
+
+def test_clamp_step_by_more_than_one():
+    assert clamp_step(1, Direction.UP, min_replicas=1, max_replicas=4, step=2) == 3
+    assert clamp_step(3, Direction.UP, min_replicas=1, max_replicas=4, step=3) == 4
+    assert clamp_step(3, Direction.HOLD, min_replicas=1, max_replicas=4, step=3) == 3
+
+
+def test_scale_down_window():
+    assert ScaleDownWindow(0).recommend(0.0, 1, 4) == 1  # off: as recommended
+    w = ScaleDownWindow(10)
+    assert w.recommend(0.0, 4, 4) == 4  # busy
+    assert w.recommend(1.0, 3, 4) == 4  # calm, but 4 was wanted 1 s ago
+    assert w.recommend(9.0, 3, 4) == 4
+    assert w.recommend(10.5, 3, 4) == 3  # the 4 left the window
+    assert w.recommend(11.0, 2, 3) == 3  # the next step down waits its own window
+    assert w.recommend(12.0, 4, 3) == 4  # scale-up is never delayed
+    assert w.recommend(13.0, 2, 4) == 4
+    # an old, higher recommendation holds replicas but never adds them back
+    w2 = ScaleDownWindow(10)
+    w2.recommend(0.0, 4, 4)
+    assert w2.recommend(1.0, 1, 2) == 2

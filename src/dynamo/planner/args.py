@@ -50,6 +50,8 @@ class PlannerConfig(RuntimeConfig):
     enable_loadbased_scaling: bool = False
     loadbased_adjustment_interval: float = 5.0
     loadbased_sensitivity: float = 80.0
+    loadbased_max_step_up: int = 1
+    loadbased_scale_down_window: float = 0.0
     max_num_fpm_samples: int = 64
     fpm_sample_bucket_size: int = 16
     load_min_observations: int = 5
@@ -101,6 +103,10 @@ class PlannerConfig(RuntimeConfig):
                               f"--min-endpoint {self.min_endpoint} needs in --mode {self.mode}")
         if not 0 < self.loadbased_sensitivity <= 100:
             raise ConfigError("--loadbased-sensitivity must be in (0, 100]")
+        if self.loadbased_max_step_up < 1:
+            raise ConfigError(f"--loadbased-max-step-up must be >= 1 (got {self.loadbased_max_step_up})")
+        if self.loadbased_scale_down_window < 0:
+            raise ConfigError(f"--loadbased-scale-down-window must be >= 0 (got {self.loadbased_scale_down_window})")
         if not (self.enable_throughput_scaling or self.enable_loadbased_scaling):
             raise ConfigError("nothing to do: --no-enable-throughput-scaling needs --enable-loadbased-scaling")
         if self.enable_throughput_scaling and not self.profile_results_dir:
@@ -181,6 +187,13 @@ class PlannerArgGroup(ArgGroup):
                      d.loadbased_adjustment_interval, "Seconds between load-based decisions.", arg_type=float)
         add_argument(lb, "--loadbased-sensitivity", "DYN_PLANNER_LOADBASED_SENSITIVITY", d.loadbased_sensitivity,
                      "Scale down when every engine is under this % of both targets.", arg_type=float)
+        add_argument(lb, "--loadbased-max-step-up", "DYN_PLANNER_LOADBASED_MAX_STEP_UP", d.loadbased_max_step_up,
+                     "Most replicas one load-based decision adds, sized by how far the estimates exceed the "
+                     "targets (1: the reference's one per interval).", arg_type=int)
+        add_argument(lb, "--loadbased-scale-down-window", "DYN_PLANNER_LOADBASED_SCALE_DOWN_WINDOW",
+                     d.loadbased_scale_down_window, "Seconds of scale-down stabilization: scale down only to the "
+                     "highest replica count recommended over this window (0: at once, as the reference).",
+                     arg_type=float)
         add_argument(lb, "--max-num-fpm-samples", "DYN_PLANNER_MAX_NUM_FPM_SAMPLES", d.max_num_fpm_samples,
                      "Regression points kept per engine.", arg_type=int)
         add_argument(lb, "--fpm-sample-bucket-size", "DYN_PLANNER_FPM_SAMPLE_BUCKET_SIZE", d.fpm_sample_bucket_size,

@@ -15,12 +15,20 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from dynamo.planner.args import PlannerConfig
 from dynamo.planner.connectors.base import Connector, TargetReplica
-from dynamo.planner.load_scaler import Direction, LatencyCorrection, LoadScaler, clamp_step
+from dynamo.planner.load_scaler import (
+    Direction,
+    LatencyCorrection,
+    LoadScaler,
+    ScaleDownWindow,
+    clamp_step,
+    up_step,
+)
 from dynamo.planner.metrics import PlannerMetrics
 from dynamo.planner.perf_interpolation import PerfProfile
 from dynamo.planner.predictors import LoadPredictor, make_predictor
@@ -98,6 +106,7 @@ class Planner:
         self.scalers = {pool: LoadScaler(targets[pool][0], targets[pool][1], c.loadbased_sensitivity,
                                          c.max_num_fpm_samples, c.fpm_sample_bucket_size, c.load_min_observations)
                         for pool in c.pools()}
+        self.down_windows = {pool: ScaleDownWindow(c.loadbased_scale_down_window) for pool in c.pools()}
 
     def warm_start(self, series: list[tuple[float, float, float]]) -> None:
         for n, isl, osl in series:
@@ -158,8 +167,10 @@ class Planner:
         if scaler is not None:
             scaler.forget_missing(live_ids)
 
-    async def load_step(self) -> dict[str, Direction]:
+    async def load_step(self, now: float | None = None) -> dict[str, Direction]:
+        """``now``: a monotonic time in seconds for the scale-down window (tests pass their own)."""
         c = self.config
+        now = time.monotonic() if now is None else now
         pending = not await self.connector.is_ready()
         current = await self.connector.current_replicas()
         stats = self.state.last_stats
@@ -188,9 +199,13 @@ class Planner:
             floor = max(c.min_endpoint, self.state.throughput_floor.get(pool, 0))
             gpus = c.prefill_engine_num_gpu if pool == "prefill" else c.decode_engine_num_gpu
             ceiling = c.max_gpu_budget // gpus if c.max_gpu_budget > 0 else 0
-            target = clamp_step(have, direction, min_replicas=floor, max_replicas=ceiling)
+            step = (up_step(estimates, have, ttft_target_s=scaler.ttft_target_s, itl_target_s=scaler.itl_target_s,
+                            max_step=c.loadbased_max_step_up) if direction is Direction.UP else 1)
+            target = clamp_step(have, direction, min_replicas=floor, max_replicas=ceiling, step=step)
             if direction is Direction.HOLD and have < floor:
                 target = have + 1  # a throughput floor above us: climb one step at a time too
+            if not pending:  # a pending change's HOLD says nothing about the load
+                target = self.down_windows[pool].recommend(now, target, have)
             if target != have:
                 wanted[pool] = target
                 logger.info("load-based: %s %s (%d → %d; worst ttft %.3fs, itl %.4fs over %d engines)",

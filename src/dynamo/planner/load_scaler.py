@@ -12,6 +12,7 @@ plus one more through in ``max_num_batched_tokens`` chunks.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
@@ -198,9 +199,51 @@ class LoadScaler:
         return Direction.HOLD
 
 
-def clamp_step(current: int, direction: Direction, *, min_replicas: int, max_replicas: int) -> int:
-    """``current`` moved one step in ``direction``, kept in [min_replicas, max_replicas]."""
-    target = current + int(direction)
+def up_step(estimates: list[EngineEstimate], current: int, *, ttft_target_s: float, itl_target_s: float,
+            max_step: int) -> int:
+    """How many replicas an UP decision adds: enough to bring the *least* loaded engine's estimate down to
+    target if load spreads evenly over the new pool (``ceil(current × ratio) − current``), at least 1 and
+    at most ``max_step``. The ratio is taken per dimension over the engines that all exceed it (that is
+    what made the decision UP), the larger of the two dimensions winning. ``max_step`` 1 is the
+    reference's ±1 per interval; a larger step lets a pool catch a burst that starts from idle in one
+    interval instead of one interval per replica."""
+    if max_step <= 1 or not estimates:
+        return 1
+    ratio = 1.0
+    for dim, target in ((lambda e: e.ttft_s, ttft_target_s), (lambda e: e.itl_s, itl_target_s)):
+        if target > 0 and math.isfinite(target) and all(dim(e) > target for e in estimates):
+            ratio = max(ratio, min(dim(e) for e in estimates) / target)
+    wanted = math.ceil(max(1, current) * ratio - 1e-9) - current
+    return max(1, min(max_step, wanted))
+
+
+@dataclass
+class ScaleDownWindow:
+    """Scale-down stabilization: a lower replica count is applied only when every target recommended over
+    the last ``window_s`` seconds is that low (Kubernetes' HPA ``stabilizationWindowSeconds``). Bursty
+    traffic with idle gaps shorter than the window keeps its replicas instead of starting every burst
+    cold; scale-up is never delayed. ``window_s`` 0 (the default) keeps the reference's behaviour: the
+    recommendation is applied as is. Pure: the caller passes the time."""
+
+    window_s: float = 0.0
+    _recent: list[tuple[float, int]] = field(default_factory=list)
+
+    def recommend(self, now: float, target: int, current: int) -> int:
+        """``target`` recommended at ``now`` for a pool of ``current``; returns what to apply: ``target``
+        when it is not lower, else the highest target of the window (never more than ``current``: an old
+        recommendation holds replicas, it does not add them back)."""
+        if self.window_s <= 0:
+            return target
+        self._recent.append((now, target))
+        self._recent = [(t, n) for t, n in self._recent if now - t <= self.window_s]
+        if target >= current:
+            return target
+        return min(current, max(n for _, n in self._recent))
+
+
+def clamp_step(current: int, direction: Direction, *, min_replicas: int, max_replicas: int, step: int = 1) -> int:
+    """``current`` moved ``step`` replicas in ``direction``, kept in [min_replicas, max_replicas]."""
+    target = current + int(direction) * max(1, step)
     if max_replicas > 0:
         target = min(target, max_replicas)
     return max(min_replicas, target)
