@@ -20,6 +20,8 @@ def test_reference_defaults():
     assert (c.max_num_fpm_samples, c.fpm_sample_bucket_size, c.load_min_observations) == (64, 16, 5)
     assert c.no_operation is False and c.no_correction is False
     assert c.scaling_max_wait_time == 1800.0
+    # ours, off by default: one replica per load-based decision, scale-down at once (the reference's behaviour)
+    assert (c.loadbased_max_step_up, c.loadbased_scale_down_window) == (1, 0.0)
 
 
 def test_no_switches_turn_things_on(monkeypatch):
@@ -41,12 +43,24 @@ def test_no_switches_turn_things_on(monkeypatch):
      "--local-prefill-worker-cmd"),
     (["--profile-results-dir", "x", "--max-gpu-budget", "1"], "below the 2 GPUs"),
     (["--profile-results-dir", "x", "--loadbased-sensitivity", "120"], "sensitivity"),
+    (["--profile-results-dir", "x", "--loadbased-max-step-up", "0"], "--loadbased-max-step-up must be >= 1"),
+    (["--profile-results-dir", "x", "--loadbased-scale-down-window", "-1"],
+     "--loadbased-scale-down-window must be >= 0"),
     (["--profile-results-dir", "x", "--environment", "local", "--mode", "agg", "--local-worker-cmd", "a 'b"],
      "--local-worker-cmd"),
 ])
 def test_bad_combinations(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(argv).validate()
+
+
+def test_scaling_pace_flags_and_env(monkeypatch):
+    c = parse_config(["--loadbased-max-step-up", "3", "--loadbased-scale-down-window", "30"])
+    assert (c.loadbased_max_step_up, c.loadbased_scale_down_window) == (3, 30.0)
+    monkeypatch.setenv("DYN_PLANNER_LOADBASED_SCALE_DOWN_WINDOW", "12.5")
+    monkeypatch.setenv("DYN_PLANNER_LOADBASED_MAX_STEP_UP", "2")
+    c = parse_config([])
+    assert (c.loadbased_max_step_up, c.loadbased_scale_down_window) == (2, 12.5)
 
 
 def test_pools_by_mode():
