@@ -345,7 +345,7 @@ def main() -> None:
     p.add_argument("--planner-min", type=int, default=1, help="the planner's --min-endpoint")
     p.add_argument("--sensitivity", type=float, default=60.0)
     p.add_argument("--max-step-up", type=int, default=3, help="the planner's --loadbased-max-step-up")
-    p.add_argument("--down-window", type=float, default=15.0, help="the planner's --loadbased-scale-down-window (s)")
+    p.add_argument("--down-window", type=float, default=30.0, help="the planner's --loadbased-scale-down-window (s)")
     p.add_argument("--only", nargs="*", help="run only these configs (planner, static-peak, static-mean)")
     p.add_argument("--out", default="planner-bench")
     args = p.parse_args()

@@ -166,3 +166,15 @@ def test_scale_down_window():
     w2 = ScaleDownWindow(10)
     w2.recommend(0.0, 4, 4)
     assert w2.recommend(1.0, 1, 2) == 2
+
+
+def test_itl_estimate_includes_the_prompt_work_sharing_the_pass():
+    m = PassTimeModel()
+    for p in (0, 512, 1024, 2048):
+        for kv in (10, 200, 400):
+            m.add(sample_from_report(report(1, p, kv)))
+    # an agg engine in a burst: 1024 prompt tokens per pass slow each decode step by 1024 × 1e-5 s
+    _, itl = estimate(m, report(1, 1024, 100), avg_isl=1000, chunk_tokens=512)
+    assert itl == pytest.approx(wall(1024, 100))
+    _, idle_itl = estimate(m, report(1, 0, 100), avg_isl=1000, chunk_tokens=512)
+    assert idle_itl == pytest.approx(wall(0, 100))

@@ -6,8 +6,11 @@ is not read. A report covers ``passes`` engine iterations in ``window_s`` wall s
 of one pass is ``window_s / passes``; its inputs are the prompt tokens computed per pass
 (``scheduled_tokens - emitted_tokens``: every other scheduled token is a decode step) and the KV blocks
 in use. One linear model per engine, ``wall = a + b·prefill_tokens + c·kv_blocks``, serves all modes:
-ITL is the pass time at today's KV load with no prompt work, TTFT the time to push the waiting prompts
-plus one more through in ``max_num_batched_tokens`` chunks.
+ITL is the pass time at today's KV load and today's prompt work per pass (a decode step shares its pass
+with the prompt chunks scheduled beside it: in an agg engine a burst of prompts slows every running
+stream, and that is the first sign of a burst; a disaggregated decode engine computes no prompts, so
+there it is the pass time at today's KV load), TTFT the time to push the waiting prompts plus one more
+through in ``max_num_batched_tokens`` chunks.
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ def estimate(model: PassTimeModel, report: dict[str, Any], *, avg_isl: float, ch
              kv_hit_rate: float = 0.0) -> tuple[float, float]:
     """(TTFT, ITL) an engine in the state of ``report`` would give a request arriving now."""
     kv = float(report.get("kv_used_blocks", 0))
-    itl = model.predict(0.0, kv)
+    now = sample_from_report(report)
+    itl = model.predict(now.prefill_tokens if now is not None else 0.0, kv)
     waiting = int(report.get("num_waiting", 0))
     tokens = (waiting + 1) * avg_isl * (1.0 - min(max(kv_hit_rate, 0.0), 1.0))
     chunk = max(1, chunk_tokens)
