@@ -165,16 +165,7 @@ class Cluster:
             self.spawn(f"worker{i}", self.worker_cmd())
 
     def start_planner(self) -> None:
-        a = self.args
-        self.spawn("planner", [
-            sys.executable, "-m", "dynamo.planner", "--environment", "local", "--backend", "mocker", "--mode", "agg",
-            "--local-worker-cmd", " ".join(self.worker_cmd()), "--no-enable-throughput-scaling",
-            "--enable-loadbased-scaling", "--loadbased-adjustment-interval", str(a.planner_interval),
-            "--ttft", str(a.ttft_ms), "--itl", str(a.itl_ms), "--isl", str(a.max_isl // 2),
-            "--max-num-batched-tokens", "8192", "--max-gpu-budget", str(a.max_workers), "--min-endpoint", str(a.planner_min),
-            "--loadbased-sensitivity", str(a.sensitivity), "--load-predictor", "constant",
-            "--loadbased-max-step-up", str(a.max_step_up), "--loadbased-scale-down-window", str(a.down_window),
-            "--metrics-source", "frontend", "--frontend-metrics-url", f"http://127.0.0.1:{self.port}/metrics"])
+        self.spawn("planner", [sys.executable, *planner_args(self.args, self.worker_cmd(), self.port)])
 
     def stop(self) -> None:
         # The planner first (it drains its own workers), then the rest.
@@ -187,6 +178,19 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def planner_args(a: argparse.Namespace, worker_cmd: list[str], port: int) -> list[str]:
+    """The planner's full command line (after the interpreter): every knob the benchmark relies on is
+    spelled out rather than left to a default."""
+    return ["-m", "dynamo.planner", "--environment", "local", "--backend", "mocker", "--mode", "agg",
+            "--local-worker-cmd", " ".join(worker_cmd), "--no-enable-throughput-scaling",
+            "--enable-loadbased-scaling", "--loadbased-adjustment-interval", str(a.planner_interval),
+            "--ttft", str(a.ttft_ms), "--itl", str(a.itl_ms), "--isl", str(a.max_isl // 2),
+            "--max-num-batched-tokens", "8192", "--max-gpu-budget", str(a.max_workers), "--min-endpoint", str(a.planner_min),
+            "--loadbased-sensitivity", str(a.sensitivity), "--load-predictor", "constant",
+            "--loadbased-max-step-up", str(a.max_step_up), "--loadbased-scale-down-window", str(a.down_window),
+            "--metrics-source", "frontend", "--frontend-metrics-url", f"http://127.0.0.1:{port}/metrics"]
 
 
 async def run_config(name: str, args: argparse.Namespace, reqs: list[Req], static: int | None,
@@ -299,7 +303,7 @@ async def amain(args: argparse.Namespace) -> None:
               flush=True)
     peak_ws = next((r.worker_seconds() for r in runs if r.name == "static-peak"), math.nan)
     summary = {
-        "args": vars(args), "requests": len(reqs), "mean_rps": mean, "peak_rps": peak,
+        "args": vars(args), "planner_cmd": planner_args(args, ["<worker command>"], 0), "requests": len(reqs), "mean_rps": mean, "peak_rps": peak,
         "runs": [{"name": r.name, "attainment": r.attainment(args.ttft_ms / 1000, args.itl_ms / 1000),
                   "worker_seconds": r.worker_seconds(), "worker_seconds_vs_peak": r.worker_seconds() / peak_ws,
                   "errors": sum(x.error is not None for x in r.results),

@@ -147,8 +147,12 @@ async def test_load_step_adds_several_and_waits_out_the_scale_down_window(store)
     await ops.complete(await ops.get())
     for wid in (1, 2, 3):
         feed(planner, wid, waiting=0)  # the burst is over: every engine is idle
-    assert await planner.load_step(now=5.0) == {"decode": Direction.DOWN}
-    assert (await conn.current_replicas())["decode"] == 3  # 3 was wanted 5 s ago: held
+    assert await planner.load_step(now=5.0) == {"decode": Direction.HOLD}  # calm for 5 s of the 10
+    assert (await conn.current_replicas())["decode"] == 3
     assert conn.decision_id == 2
-    await planner.load_step(now=10.5)
-    assert (await conn.current_replicas())["decode"] == 2  # calm for a whole window: one step down
+    assert await planner.load_step(now=10.5) == {"decode": Direction.DOWN}  # calm for a whole window
+    assert (await conn.current_replicas())["decode"] == 2
+    await ops.complete(await ops.get())
+    planner.forget_workers("decode", {1, 2})
+    assert await planner.load_step(now=11.5) == {"decode": Direction.DOWN}  # still calm: the next step at once
+    assert (await conn.current_replicas())["decode"] == 1

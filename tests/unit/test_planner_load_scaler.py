@@ -153,19 +153,16 @@ def test_clamp_step_by_more_than_one():
 
 
 def test_scale_down_window():
-    assert ScaleDownWindow(0).recommend(0.0, 1, 4) == 1  # off: as recommended
+    assert ScaleDownWindow(0).allow(0.0, Direction.DOWN) is Direction.DOWN  # off: as voted
     w = ScaleDownWindow(10)
-    assert w.recommend(0.0, 4, 4) == 4  # busy
-    assert w.recommend(1.0, 3, 4) == 4  # calm, but 4 was wanted 1 s ago
-    assert w.recommend(9.0, 3, 4) == 4
-    assert w.recommend(10.5, 3, 4) == 3  # the 4 left the window
-    assert w.recommend(11.0, 2, 3) == 3  # the next step down waits its own window
-    assert w.recommend(12.0, 4, 3) == 4  # scale-up is never delayed
-    assert w.recommend(13.0, 2, 4) == 4
-    # an old, higher recommendation holds replicas but never adds them back
-    w2 = ScaleDownWindow(10)
-    w2.recommend(0.0, 4, 4)
-    assert w2.recommend(1.0, 1, 2) == 2
+    assert w.allow(0.0, Direction.DOWN) is Direction.DOWN  # nothing busy seen yet
+    assert w.allow(1.0, Direction.HOLD) is Direction.HOLD  # busy
+    assert w.allow(2.0, Direction.DOWN) is Direction.HOLD  # calm for 1 s only
+    assert w.allow(10.9, Direction.DOWN) is Direction.HOLD
+    assert w.allow(11.0, Direction.DOWN) is Direction.DOWN  # calm for the whole window
+    assert w.allow(12.0, Direction.DOWN) is Direction.DOWN  # and it stays calm: the next step follows at once
+    assert w.allow(13.0, Direction.UP) is Direction.UP  # scale-up is never delayed ...
+    assert w.allow(14.0, Direction.DOWN) is Direction.HOLD  # ... and restarts the wait
 
 
 def test_itl_estimate_includes_the_prompt_work_sharing_the_pass():

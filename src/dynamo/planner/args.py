@@ -191,8 +191,8 @@ class PlannerArgGroup(ArgGroup):
                      "Most replicas one load-based decision adds, sized by how far the estimates exceed the "
                      "targets (1: the reference's one per interval).", arg_type=int)
         add_argument(lb, "--loadbased-scale-down-window", "DYN_PLANNER_LOADBASED_SCALE_DOWN_WINDOW",
-                     d.loadbased_scale_down_window, "Seconds of scale-down stabilization: scale down only to the "
-                     "highest replica count recommended over this window (0: at once, as the reference).",
+                     d.loadbased_scale_down_window, "Scale-down cooldown: remove a replica only after every load-based "
+                     "step of the last this many seconds voted down (0: at once, as the reference).",
                      arg_type=float)
         add_argument(lb, "--max-num-fpm-samples", "DYN_PLANNER_MAX_NUM_FPM_SAMPLES", d.max_num_fpm_samples,
                      "Regression points kept per engine.", arg_type=int)

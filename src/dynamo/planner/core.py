@@ -5,7 +5,10 @@
   them through the connector unless a previous change is still rolling out. With load-based scaling on,
   this result is only a floor for the load-based loop.
 * **Load step** (every ``--loadbased-adjustment-interval``): every engine's TTFT/ITL estimate from its
-  forward-pass regression; ±1 replica per pool when all engines agree, nothing while pending.
+  forward-pass regression; ±1 replica per pool when all engines agree, nothing while pending. Ours, off
+  by default: a scale-up may add up to ``--loadbased-max-step-up`` replicas (sized by how far over
+  target the engines are), and a scale-down waits until the pool has been calm for
+  ``--loadbased-scale-down-window`` seconds.
 
 In advisory mode (``--no-operation``) both steps compute, log and count their decisions but never
 call the connector's setters.
@@ -190,6 +193,8 @@ class Planner:
                 self.metrics.estimated.labels(pool, "ttft").set(max(e.ttft_s for e in estimates))
                 self.metrics.estimated.labels(pool, "itl").set(max(e.itl_s for e in estimates))
             direction = scaler.decide(estimates, pending=pending, engines=current.get(pool))
+            if not pending:  # a pending change's HOLD says nothing about the load
+                direction = self.down_windows[pool].allow(now, direction)
             logger.debug("load-based %s: %s%s", pool, direction.name, " (pending)" if pending else "")
             if logger.isEnabledFor(logging.DEBUG):
                 for e in estimates:
@@ -204,8 +209,6 @@ class Planner:
             target = clamp_step(have, direction, min_replicas=floor, max_replicas=ceiling, step=step)
             if direction is Direction.HOLD and have < floor:
                 target = have + 1  # a throughput floor above us: climb one step at a time too
-            if not pending:  # a pending change's HOLD says nothing about the load
-                target = self.down_windows[pool].recommend(now, target, have)
             if target != have:
                 wanted[pool] = target
                 logger.info("load-based: %s %s (%d → %d; worst ttft %.3fs, itl %.4fs over %d engines)",

@@ -223,26 +223,27 @@ def up_step(estimates: list[EngineEstimate], current: int, *, ttft_target_s: flo
 
 @dataclass
 class ScaleDownWindow:
-    """Scale-down stabilization: a lower replica count is applied only when every target recommended over
-    the last ``window_s`` seconds is that low (Kubernetes' HPA ``stabilizationWindowSeconds``). Bursty
-    traffic with idle gaps shorter than the window keeps its replicas instead of starting every burst
-    cold; scale-up is never delayed. ``window_s`` 0 (the default) keeps the reference's behaviour: the
-    recommendation is applied as is. Pure: the caller passes the time."""
+    """Scale-down cooldown: a replica is removed only once the pool has been calm — every load step
+    voting DOWN — for ``window_s`` seconds; any other vote (HOLD, UP) restarts the wait. Bursty traffic
+    with idle gaps shorter than the window keeps its replicas instead of starting every burst cold, and
+    once the wait is over the pool steps down at the usual pace (a step does not restart it: only a busy
+    vote does). Scale-up is never delayed. ``window_s`` 0 (the default) keeps the reference's
+    behaviour. Pure: the caller passes the time."""
 
     window_s: float = 0.0
-    _recent: list[tuple[float, int]] = field(default_factory=list)
+    last_busy: float | None = None
 
-    def recommend(self, now: float, target: int, current: int) -> int:
-        """``target`` recommended at ``now`` for a pool of ``current``; returns what to apply: ``target``
-        when it is not lower, else the highest target of the window (never more than ``current``: an old
-        recommendation holds replicas, it does not add them back)."""
+    def allow(self, now: float, direction: Direction) -> Direction:
+        """``direction`` voted at ``now``; returns what to act on (DOWN held back to HOLD while the pool
+        has not been calm for the whole window)."""
         if self.window_s <= 0:
-            return target
-        self._recent.append((now, target))
-        self._recent = [(t, n) for t, n in self._recent if now - t <= self.window_s]
-        if target >= current:
-            return target
-        return min(current, max(n for _, n in self._recent))
+            return direction
+        if direction is not Direction.DOWN:
+            self.last_busy = now
+            return direction
+        if self.last_busy is not None and now - self.last_busy < self.window_s:
+            return Direction.HOLD
+        return direction
 
 
 def clamp_step(current: int, direction: Direction, *, min_replicas: int, max_replicas: int, step: int = 1) -> int:
