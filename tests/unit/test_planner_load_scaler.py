@@ -175,3 +175,18 @@ def test_itl_estimate_includes_the_prompt_work_sharing_the_pass():
     assert itl == pytest.approx(wall(1024, 100))
     _, idle_itl = estimate(m, report(1, 0, 100), avg_isl=1000, chunk_tokens=512)
     assert idle_itl == pytest.approx(wall(0, 100))
+
+
+def test_reports_from_engines_that_left_are_dropped():
+    s = LoadScaler(ttft_target_s=0.05, itl_target_s=0.02, min_observations=5)
+    for p in (0, 512, 1024, 2048):
+        for kv in (10, 200, 400):
+            s.observe(report(1, p, kv), {1, 2})
+            s.observe(report(2, p, kv), {1, 2})
+    s.forget_missing({1})
+    # engine 2 drains after leaving discovery and still publishes: an idle report that must not vote
+    s.observe(report(2, 0, 10), {1})
+    s.observe(report(1, 0, 400), {1})
+    ests = s.estimates(avg_isl=100, chunk_tokens=512)
+    assert [e.worker_id for e in ests] == [1]
+    assert s.decide(ests, pending=False) is Direction.UP

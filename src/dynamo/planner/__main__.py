@@ -82,7 +82,7 @@ async def follow_fpm(planner: Planner, runtime: DistributedRuntime, config: Plan
         async for envelope in sub:
             report = sub.decode(envelope)
             if isinstance(report, dict):
-                planner.observe_fpm(pool, report)
+                planner.observe_fpm(pool, report, set(client.instance_ids()))
         logger.error("forward-pass metrics of the %s pool ended: load-based scaling is blind to it", pool)
     except Exception:
         logger.exception("forward-pass metrics of the %s pool failed: load-based scaling is blind to it", pool)

@@ -160,10 +160,11 @@ class Planner:
 
     # -- load-based ----------------------------------------------------------------------------------
 
-    def observe_fpm(self, pool: str, report: dict[str, Any]) -> None:
+    def observe_fpm(self, pool: str, report: dict[str, Any], live_ids: set[int] | None = None) -> None:
+        """``live_ids``: the pool's registered workers (reports from others are dropped)."""
         scaler = self.scalers.get(pool)
         if scaler is not None:
-            scaler.observe(report)
+            scaler.observe(report, live_ids)
 
     def forget_workers(self, pool: str, live_ids: set[int]) -> None:
         scaler = self.scalers.get(pool)

@@ -159,7 +159,12 @@ class LoadScaler:
     models: dict[int, PassTimeModel] = field(default_factory=dict)
     latest: dict[int, dict[str, Any]] = field(default_factory=dict)
 
-    def observe(self, report: dict[str, Any]) -> None:
+    def observe(self, report: dict[str, Any], live_worker_ids: set[int] | None = None) -> None:
+        """Take one report. With ``live_worker_ids``, a report from an engine not among them is dropped: a
+        worker that left discovery keeps publishing while it drains, and its last (idle) report would
+        otherwise vote against every scale-up after it is gone."""
+        if live_worker_ids is not None and int(report.get("worker_id", 0)) not in live_worker_ids:
+            return
         wid = int(report.get("worker_id", 0)) * 1024 + int(report.get("dp_rank", 0))
         s = sample_from_report(report)
         model = self.models.get(wid)
