@@ -76,7 +76,8 @@ async def follow_fpm(planner: Planner, runtime: DistributedRuntime, config: Plan
     comp = config.prefill_component if pool == "prefill" else config.decode_component
     sub = await runtime.event_plane().subscriber(config.namespace, comp, "forward-pass-metrics")
     client = await runtime.endpoint(pool_endpoint(config, pool)).client()
-    client.on_change(lambda kind, _inst: planner.forget_workers(pool, set(client.instance_ids()))
+    # The client tells listeners before it updates its own id set: leave the removed one out by hand.
+    client.on_change(lambda kind, inst: planner.forget_workers(pool, set(client.instance_ids()) - {inst.instance_id})
                      if kind == "removed" else None)
     try:
         async for envelope in sub:
