@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dynamo.kv_router.hashing import XXH3_SEED, compute_seq_hashes
@@ -50,11 +50,38 @@ class OverlapScores:
     """Per-``(worker_id, dp_rank)`` contiguous matched prefix depth, in blocks.
 
     Workers that match no block are absent from ``scores``. ``tree_sizes`` holds the number of blocks
-    every known worker has in the index (the tie-breaker of the selector).
+    every known worker has in the index (the tie-breaker of the selector); from :meth:`RadixTree.find_matches`
+    it is a live view of the index, read when the result is used (before the next event is applied).
     """
 
     scores: dict[WorkerKey, int] = field(default_factory=dict)
-    tree_sizes: dict[WorkerKey, int] = field(default_factory=dict)
+    tree_sizes: Mapping[WorkerKey, int] = field(default_factory=dict)
+
+
+class _TreeSizes(Mapping[WorkerKey, int]):
+    """Blocks per worker, read from the per-worker lookup tables on demand: the selector needs a size
+    only to break a tie, and copying a thousand of them into a dict per decision cost more than the walk."""
+
+    __slots__ = ("_lookup",)
+
+    def __init__(self, lookup: dict[WorkerKey, dict[int, _Node]]) -> None:
+        self._lookup = lookup
+
+    def __getitem__(self, key: WorkerKey) -> int:
+        return len(self._lookup[key])
+
+    def get(self, key: WorkerKey, default: int | None = None) -> int | None:  # type: ignore[override]
+        table = self._lookup.get(key)
+        return default if table is None else len(table)
+
+    def __iter__(self) -> Iterator[WorkerKey]:
+        return iter(self._lookup)
+
+    def __len__(self) -> int:
+        return len(self._lookup)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
 
 
 _Node = list  # [children: None | _Node | dict[int, _Node], mask: int, parent: _Node | None, tokens_hash: int]
@@ -69,6 +96,7 @@ class RadixTree:
         self._root: _Node = [None, 0, None, 0]
         self._num_nodes = 0  # excluding the root
         self._lookup: dict[WorkerKey, dict[int, _Node]] = {}
+        self._tree_sizes = _TreeSizes(self._lookup)
         self._slot: dict[WorkerKey, int] = {}
         self._slot_keys: list[WorkerKey | None] = []
         self._free_slots: list[int] = []
@@ -353,7 +381,7 @@ class RadixTree:
             low = active & -active
             scores[slot_keys[low.bit_length() - 1]] = depth  # type: ignore[index]
             active ^= low
-        return OverlapScores(scores, {k: len(t) for k, t in self._lookup.items()})
+        return OverlapScores(scores, self._tree_sizes)
 
     # ---------------------------------------------------------------- snapshots
 

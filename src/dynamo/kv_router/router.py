@@ -383,13 +383,10 @@ class KvRouter:
         for key in candidates:
             self.sequences.add_worker(key)
         isl = len(token_ids)
-        prefill, decode = self.sequences.potential_loads(
-            seq if cfg.router_track_active_blocks else None, isl, overlaps.scores,
+        selection = self.selector.select_booked(
+            self.sequences, candidates, seq if cfg.router_track_active_blocks else None, isl, self.block_size,
+            overlaps, overlap_score_weight=cfg.overlap_score_weight, temperature=cfg.router_temperature,
             track_prefill_tokens=cfg.router_track_prefill_tokens, assume_kv_reuse=cfg.router_assume_kv_reuse)
-        selection = self.selector.select(
-            candidates, isl, self.block_size, overlaps, prefill, decode,
-            overlap_score_weight=cfg.overlap_score_weight, temperature=cfg.router_temperature,
-            track_prefill_tokens=cfg.router_track_prefill_tokens)
         t3 = time.perf_counter()
         m.hashing_ms.observe((t1 - t0) * 1000)
         m.find_matches_ms.observe((t2 - t1) * 1000)

@@ -17,7 +17,10 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from dynamo.kv_router.indexer import OverlapScores, WorkerKey
+from dynamo.kv_router.sequences import ActiveSequencesMultiWorker, LoadVectors
 from dynamo.llm.protocols.model_card import RuntimeConfig
 from dynamo.runtime.errors import Unavailable
 
@@ -134,6 +137,30 @@ def choose(costs: Sequence[CandidateCost], temperature: float, rng: random.Rando
     return costs[-1]
 
 
+VECTOR_MIN_CANDIDATES = 64
+"""From this many candidates on, callers decide with :meth:`WorkerSelector.select_loads` (numpy over
+the fleet); below it the per-candidate Python loop of :meth:`WorkerSelector.select` is cheaper."""
+
+
+def _sample_softmax(logits: list[float], temperature: float, rng: random.Random) -> int:
+    """Index drawn with ``p_i ∝ exp(−(logit_i − min) / ((max − min)·T))`` (uniform when all are equal)."""
+    n = len(logits)
+    lo = min(logits)
+    hi = max(logits)
+    if hi == lo:
+        return rng.choice(range(n))
+    scale = (hi - lo) * temperature
+    exp = math.exp
+    weights = [exp(-(v - lo) / scale) for v in logits]
+    target = rng.random() * sum(weights)
+    acc = 0.0
+    for i, w in enumerate(weights):
+        acc += w
+        if target < acc:
+            return i
+    return n - 1
+
+
 class WorkerSelector:
     """Stateless apart from its random source (injectable so decisions are reproducible in tests)."""
 
@@ -183,22 +210,7 @@ class WorkerSelector:
                 tied = [i for i, t in zip(tied, tsz, strict=True) if t == smallest]
             chosen = tied[0] if len(tied) == 1 else self.rng.choice(tied)
         else:
-            lo = min(logits)
-            hi = max(logits)
-            if hi == lo:
-                chosen = self.rng.choice(range(n))
-            else:
-                scale = (hi - lo) * temperature
-                exp = math.exp
-                weights = [exp(-(v - lo) / scale) for v in logits]
-                target = self.rng.random() * sum(weights)
-                acc = 0.0
-                chosen = n - 1
-                for i, w in enumerate(weights):
-                    acc += w
-                    if target < acc:
-                        chosen = i
-                        break
+            chosen = _sample_softmax(logits, temperature, self.rng)
         # The explained top-k: only candidates at or below the k-th smallest logit can be in it, so
         # rank those few by (logit, tree size) instead of keying every candidate through Python.
         cut = heapq.nsmallest(self.top_k, logits)[-1]
@@ -217,3 +229,91 @@ class WorkerSelector:
             required_blocks=-(-isl // block_size),
             candidates=ranked,
         )
+
+    def select_loads(
+        self,
+        candidates: Sequence[WorkerKey],
+        isl: int,
+        block_size: int,
+        overlaps: OverlapScores,
+        loads: LoadVectors,
+        *,
+        overlap_score_weight: float = 1.0,
+        temperature: float = 0.0,
+        track_prefill_tokens: bool = True,
+    ) -> Selection:
+        """:meth:`select` over :class:`LoadVectors`: the same decision, random draws and explained
+        candidates, with the logits of the whole fleet computed by numpy (the same IEEE operations in
+        the same order as the scalar path, so the same floats)."""
+        if not candidates:
+            raise Unavailable("no workers with a known runtime config to route to")
+        pos = loads.positions(candidates)
+        if pos is None:  # a candidate the load tracker does not know: the scalar path has its defaults
+            prefill_map, decode_map = loads.as_dicts()
+            return self.select(candidates, isl, block_size, overlaps, prefill_map, decode_map,
+                               overlap_score_weight=overlap_score_weight, temperature=temperature,
+                               track_prefill_tokens=track_prefill_tokens)
+        prefill = loads.prefill[pos]
+        decode = loads.decode[pos]
+        logits = overlap_score_weight * (prefill / block_size) + decode
+        sizes = overlaps.tree_sizes
+        n = len(candidates)
+        if temperature <= 0.0:
+            tied = np.flatnonzero(logits == logits.min()).tolist()
+            if len(tied) > 1:
+                tsz = [sizes.get(candidates[i], 0) for i in tied]
+                smallest = min(tsz)
+                tied = [i for i, t in zip(tied, tsz, strict=True) if t == smallest]
+            chosen = tied[0] if len(tied) == 1 else self.rng.choice(tied)
+        else:
+            chosen = _sample_softmax(logits.tolist(), temperature, self.rng)
+        k = self.top_k
+        cut = np.partition(logits, k - 1)[k - 1] if n > k else logits.max()
+        near = np.flatnonzero(logits <= cut).tolist()
+        near_logits = dict(zip(near, logits[near].tolist(), strict=True))
+        near.sort(key=lambda i: (near_logits[i], sizes.get(candidates[i], 0)))
+        top = near[:k]
+        if chosen not in top:
+            top[-1:] = [chosen]
+        keys = [candidates[i] for i in top]
+        ranked = compute_costs(keys, isl, block_size, overlaps,
+                               {key: float(prefill[i]) for key, i in zip(keys, top, strict=True)},
+                               {key: float(decode[i]) for key, i in zip(keys, top, strict=True)},
+                               overlap_score_weight, track_prefill_tokens)
+        key = candidates[chosen]
+        return Selection(
+            worker_id=key[0],
+            dp_rank=key[1],
+            overlap_blocks=overlaps.scores.get(key, 0),
+            required_blocks=-(-isl // block_size),
+            candidates=ranked,
+        )
+
+    def select_booked(
+        self,
+        sequences: ActiveSequencesMultiWorker,
+        candidates: Sequence[WorkerKey],
+        seq_hashes: Sequence[int] | None,
+        isl: int,
+        block_size: int,
+        overlaps: OverlapScores,
+        *,
+        overlap_score_weight: float = 1.0,
+        temperature: float = 0.0,
+        track_prefill_tokens: bool = True,
+        assume_kv_reuse: bool | None = None,
+    ) -> Selection:
+        """Project the request onto ``sequences``' booked loads and choose: the scalar path for a small
+        fleet, the vectorised one from :data:`VECTOR_MIN_CANDIDATES` on (both decide identically)."""
+        if len(candidates) >= VECTOR_MIN_CANDIDATES:
+            loads = sequences.load_vectors(seq_hashes, isl, overlaps.scores,
+                                           track_prefill_tokens=track_prefill_tokens, assume_kv_reuse=assume_kv_reuse)
+            return self.select_loads(candidates, isl, block_size, overlaps, loads,
+                                     overlap_score_weight=overlap_score_weight, temperature=temperature,
+                                     track_prefill_tokens=track_prefill_tokens)
+        prefill, decode = sequences.potential_loads(seq_hashes, isl, overlaps.scores,
+                                                    track_prefill_tokens=track_prefill_tokens,
+                                                    assume_kv_reuse=assume_kv_reuse)
+        return self.select(candidates, isl, block_size, overlaps, prefill, decode,
+                           overlap_score_weight=overlap_score_weight, temperature=temperature,
+                           track_prefill_tokens=track_prefill_tokens)

@@ -21,6 +21,8 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from dynamo.kv_router.indexer import WorkerKey
 from dynamo.kv_router.protocols import ActiveLoad
 
@@ -36,6 +38,27 @@ class PotentialLoad:
     dp_rank: int
     potential_prefill_tokens: int
     potential_decode_blocks: int
+
+
+class LoadVectors:
+    """Potential loads of a whole fleet: ``prefill[slot]`` tokens and ``decode[slot]`` blocks, where a
+    worker's slot comes from :meth:`positions` (see :meth:`ActiveSequencesMultiWorker.load_vectors`)."""
+
+    __slots__ = ("decode", "prefill", "_owner")
+
+    def __init__(self, owner: ActiveSequencesMultiWorker, prefill: np.ndarray, decode: np.ndarray) -> None:
+        self._owner = owner
+        self.prefill = prefill
+        self.decode = decode
+
+    def positions(self, candidates: Sequence[WorkerKey]) -> np.ndarray | None:
+        return self._owner.positions(candidates)
+
+    def as_dicts(self) -> tuple[dict[WorkerKey, float], dict[WorkerKey, float]]:
+        """Per tracked worker, as :meth:`ActiveSequencesMultiWorker.potential_loads` maps them."""
+        slot_of = self._owner._slot
+        return ({k: float(self.prefill[s]) for k, s in slot_of.items()},
+                {k: float(self.decode[s]) for k, s in slot_of.items()})
 
 
 class _Request:
@@ -89,6 +112,9 @@ class ActiveSequences:
         self._decaying: set[str] = set()
         self._decay_cache: float | None = 0.0
         self._last_stale_check: float | None = None
+        # Set by ActiveSequencesMultiWorker: hash -> bitmask of worker slots whose active blocks hold it.
+        self._holders: dict[int, int] | None = None
+        self._bit = 0
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -124,8 +150,18 @@ class ActiveSequences:
             # a request references each block once, even on a hash collision
             own = list(dict.fromkeys(blocks))
             get = refs.get
-            for h in own:
-                refs[h] = get(h, 0) + 1
+            holders = self._holders
+            if holders is None:
+                for h in own:
+                    refs[h] = get(h, 0) + 1
+            else:
+                bit = self._bit
+                hget = holders.get
+                for h in own:
+                    n = get(h, 0)
+                    refs[h] = n + 1
+                    if not n:
+                        holders[h] = hget(h, 0) | bit
         self._requests[request_id] = _Request(
             own, isl, max(0, prefill_tokens), expected_output_tokens, now, self.block_size
         )
@@ -150,12 +186,27 @@ class ActiveSequences:
             return False
         self.mark_prefill_completed(request_id)
         refs = self._refs
-        for h in req.blocks:
-            n = refs[h] - 1
-            if n:
-                refs[h] = n
-            else:
-                del refs[h]
+        holders = self._holders
+        if holders is None:
+            for h in req.blocks:
+                n = refs[h] - 1
+                if n:
+                    refs[h] = n
+                else:
+                    del refs[h]
+        else:
+            keep = ~self._bit
+            for h in req.blocks:
+                n = refs[h] - 1
+                if n:
+                    refs[h] = n
+                else:
+                    del refs[h]
+                    m = holders[h] & keep
+                    if m:
+                        holders[h] = m
+                    else:
+                        del holders[h]
         self._decaying.discard(request_id)
         self._decay_cache = None
         return True
@@ -171,10 +222,14 @@ class ActiveSequences:
         ceiling = -(-(req.isl + generated) // self.block_size)
         refs = self._refs
         getrandbits = self._rng.getrandbits
+        holders = self._holders
         while req.block_ceiling < ceiling:
             h = getrandbits(64)
             req.blocks.append(h)
-            refs[h] = refs.get(h, 0) + 1
+            n = refs.get(h, 0)
+            refs[h] = n + 1
+            if not n and holders is not None:
+                holders[h] = holders.get(h, 0) | self._bit
             req.block_ceiling += 1
         if req.expected_output_tokens:
             self._decaying.add(request_id)
@@ -249,15 +304,53 @@ class ActiveSequencesMultiWorker:
         self._rng = rng or random.Random()
         self._workers: dict[WorkerKey, ActiveSequences] = {}
         self._request_worker: dict[str, WorkerKey] = {}
+        # Fleet-scale decisions (load_vectors): every worker has a slot; its prefill tokens and active
+        # blocks are mirrored into arrays after each change, so a decision reads the whole fleet in a
+        # few numpy operations and visits one by one only the workers that hold the prompt's first block.
+        self._slot: dict[WorkerKey, int] = {}
+        self._slot_keys: list[WorkerKey | None] = []
+        self._free_slots: list[int] = []
+        self._prefill_arr = np.zeros(8)
+        self._active_arr = np.zeros(8)
+        self._decaying_slots: set[int] = set()
+        self._holders: dict[int, int] = {}
+        self._positions_cache: tuple[list[WorkerKey], np.ndarray] | None = None
 
     # ---------------------------------------------------------------- workers
 
-    def _new_worker(self) -> ActiveSequences:
-        return ActiveSequences(self.block_size, self.track_output_blocks, self._rng)
+    def _new_worker(self, key: WorkerKey) -> ActiveSequences:
+        seqs = ActiveSequences(self.block_size, self.track_output_blocks, self._rng)
+        if self._free_slots:
+            slot = self._free_slots.pop()
+            self._slot_keys[slot] = key
+        else:
+            slot = len(self._slot_keys)
+            self._slot_keys.append(key)
+            if slot >= len(self._prefill_arr):
+                self._prefill_arr = np.concatenate([self._prefill_arr, np.zeros(len(self._prefill_arr))])
+                self._active_arr = np.concatenate([self._active_arr, np.zeros(len(self._active_arr))])
+        self._slot[key] = slot
+        self._prefill_arr[slot] = 0.0
+        self._active_arr[slot] = 0.0
+        seqs._holders = self._holders
+        seqs._bit = 1 << slot
+        self._workers[key] = seqs
+        self._positions_cache = None
+        return seqs
+
+    def _sync(self, key: WorkerKey, seqs: ActiveSequences) -> None:
+        """Mirror one worker's loads into the fleet arrays (after anything that may change them)."""
+        slot = self._slot[key]
+        self._prefill_arr[slot] = seqs._prefill_total
+        self._active_arr[slot] = len(seqs._refs)
+        if seqs._decaying:
+            self._decaying_slots.add(slot)
+        elif self._decaying_slots:
+            self._decaying_slots.discard(slot)
 
     def add_worker(self, key: WorkerKey) -> None:
         if key not in self._workers:
-            self._workers[key] = self._new_worker()
+            self._new_worker(key)
 
     def update_workers(self, keys: Iterable[WorkerKey]) -> None:
         """Make the tracked set exactly ``keys`` (new ones start idle; gone ones drop their requests)."""
@@ -276,6 +369,22 @@ class ActiveSequencesMultiWorker:
         seqs = self._workers.pop(key)
         for rid in seqs.request_ids():
             self._request_worker.pop(rid, None)
+        holders = self._holders
+        keep = ~seqs._bit
+        for h in seqs._refs:
+            m = holders[h] & keep
+            if m:
+                holders[h] = m
+            else:
+                del holders[h]
+        seqs._holders = None
+        slot = self._slot.pop(key)
+        self._slot_keys[slot] = None
+        self._free_slots.append(slot)
+        self._prefill_arr[slot] = 0.0
+        self._active_arr[slot] = 0.0
+        self._decaying_slots.discard(slot)
+        self._positions_cache = None
 
     def workers(self) -> list[WorkerKey]:
         return list(self._workers)
@@ -312,7 +421,7 @@ class ActiveSequencesMultiWorker:
             self.free(request_id)
         seqs = self._workers.get(worker)
         if seqs is None:
-            seqs = self._workers[worker] = self._new_worker()
+            seqs = self._new_worker(worker)
         blocks: Sequence[int] | None = None
         if self.track_active_blocks and token_sequence:
             reuse = self.assume_kv_reuse if assume_kv_reuse is None else assume_kv_reuse
@@ -327,25 +436,36 @@ class ActiveSequencesMultiWorker:
         for rid in expired:
             self._request_worker.pop(rid, None)
         self._request_worker[request_id] = worker
+        self._sync(worker, seqs)
         return expired
 
     def mark_prefill_completed(self, request_id: str) -> bool:
         key = self._request_worker.get(request_id)
         if key is None:
             return False
-        return self._workers[key].mark_prefill_completed(request_id)
+        seqs = self._workers[key]
+        done = seqs.mark_prefill_completed(request_id)
+        if done:
+            self._prefill_arr[self._slot[key]] = seqs._prefill_total
+        return done
 
     def free(self, request_id: str) -> bool:
         key = self._request_worker.pop(request_id, None)
         if key is None:
             return False
-        return self._workers[key].free(request_id)
+        seqs = self._workers[key]
+        freed = seqs.free(request_id)
+        self._sync(key, seqs)
+        return freed
 
     def add_output_tokens(self, request_id: str, generated: int) -> None:
         """Report the request's total generated tokens so far (for ``track_output_blocks``)."""
         key = self._request_worker.get(request_id)
         if key is not None:
-            self._workers[key].add_output_tokens(request_id, generated)
+            seqs = self._workers[key]
+            seqs.add_output_tokens(request_id, generated)
+            if self.track_output_blocks:
+                self._sync(key, seqs)
 
     # ---------------------------------------------------------------- loads
 
@@ -406,6 +526,74 @@ class ActiveSequencesMultiWorker:
             else:
                 decode[key] = active + seqs.new_blocks_if_added(seq_hashes)  # type: ignore[arg-type]
         return prefill, decode
+
+    def load_vectors(
+        self,
+        seq_hashes: Sequence[int] | None,
+        isl: int,
+        overlaps: Mapping[WorkerKey, int],
+        *,
+        track_prefill_tokens: bool | None = None,
+        assume_kv_reuse: bool | None = None,
+    ) -> LoadVectors:
+        """:meth:`potential_loads` as arrays over worker slots (the same numbers, as floats).
+
+        Cost: a handful of numpy operations over the fleet, plus a visit to each worker with overlap
+        and each worker whose active blocks include the prompt's first block; the per-worker loop of
+        :meth:`potential_loads` is what a thousand-worker fleet cannot afford per decision.
+        """
+        track = self.track_prefill_tokens if track_prefill_tokens is None else track_prefill_tokens
+        reuse = self.assume_kv_reuse if assume_kv_reuse is None else assume_kv_reuse
+        bs = self.block_size
+        base_prefill = self._prefill_arr
+        if track and isl > 0:
+            prefill = base_prefill + isl
+        else:
+            prefill = base_prefill.copy()
+        if track:
+            slot_of = self._slot
+            for key, overlap in overlaps.items():
+                slot = slot_of.get(key)
+                if slot is not None:
+                    rest = isl - overlap * bs
+                    prefill[slot] = base_prefill[slot] + (rest if rest > 0 else 0)
+        if not self.track_active_blocks:
+            return LoadVectors(self, prefill, np.zeros(len(prefill)))
+        active = self._active_arr
+        if self._decaying_slots:
+            active = active.copy()
+            keys = self._slot_keys
+            for slot in self._decaying_slots:
+                active[slot] = self._workers[keys[slot]].active_blocks  # type: ignore[index]
+        n_seq = len(seq_hashes) if seq_hashes else 0
+        if not n_seq:
+            return LoadVectors(self, prefill, active.copy())
+        decode = active + n_seq
+        if reuse:
+            holding = self._holders.get(seq_hashes[0], 0)  # type: ignore[index]
+            keys = self._slot_keys
+            workers = self._workers
+            while holding:
+                low = holding & -holding
+                slot = low.bit_length() - 1
+                holding ^= low
+                seqs = workers[keys[slot]]  # type: ignore[index]
+                decode[slot] = active[slot] + seqs.new_blocks_if_added(seq_hashes)  # type: ignore[arg-type]
+        return LoadVectors(self, prefill, decode)
+
+    def positions(self, candidates: Sequence[WorkerKey]) -> np.ndarray | None:
+        """Slot of each candidate, in candidate order (None if one is not tracked). Cached: the
+        candidate list rarely changes between decisions, and comparing it is cheaper than mapping it."""
+        cached = self._positions_cache
+        if cached is not None and cached[0] == candidates:
+            return cached[1]
+        slot_of = self._slot
+        try:
+            pos = np.fromiter((slot_of[k] for k in candidates), dtype=np.intp, count=len(candidates))
+        except KeyError:
+            return None
+        self._positions_cache = (list(candidates), pos)
+        return pos
 
     def get_potential_loads(
         self, seq_hashes: Sequence[int] | None, isl: int, overlaps: Mapping[WorkerKey, int]

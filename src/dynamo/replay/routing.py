@@ -112,13 +112,11 @@ class KvRoutingPolicy:
             self._queue.push(request_id, key)
             return None
         overlaps = self.indexer.find_matches(local_hashes)
-        prefill, decode = self.sequences.potential_loads(
-            seq_hashes if cfg.router_track_active_blocks else None, prompt_len, overlaps.scores,
-            track_prefill_tokens=cfg.router_track_prefill_tokens, assume_kv_reuse=cfg.router_assume_kv_reuse)
-        sel = self.selector.select(
-            self.candidates, prompt_len, self.block_size, overlaps, prefill, decode,
-            overlap_score_weight=cfg.overlap_score_weight, temperature=cfg.router_temperature,
-            track_prefill_tokens=cfg.router_track_prefill_tokens)
+        sel = self.selector.select_booked(
+            self.sequences, self.candidates, seq_hashes if cfg.router_track_active_blocks else None, prompt_len,
+            self.block_size, overlaps, overlap_score_weight=cfg.overlap_score_weight,
+            temperature=cfg.router_temperature, track_prefill_tokens=cfg.router_track_prefill_tokens,
+            assume_kv_reuse=cfg.router_assume_kv_reuse)
         self.sequences.add_request(request_id, sel.worker, seq_hashes if cfg.router_track_active_blocks else None,
                                    prompt_len, sel.overlap_blocks, now=now_ms / 1000.0)
         return RouteDecision(sel.worker_id, sel.overlap_blocks, max(overlaps.scores.values(), default=0))
