@@ -214,6 +214,8 @@ class RadixTree:
                 return STATUS_INVALID_BLOCK
         bit = 1 << slot
         created = 0
+        setdefault = table.setdefault
+        pairs = iter(pairs)
         for block_hash, tokens_hash in pairs:
             kids = node[0]
             if kids is None:
@@ -231,12 +233,23 @@ class RadixTree:
                 else:
                     kids[tokens_hash] = child
                 created += 1
-                previous = table.get(block_hash)
-                table[block_hash] = child
-                if previous is not None:
+                previous = setdefault(block_hash, child)
+                if previous is not child:
+                    table[block_hash] = child
                     self._release(key, previous, bit)
                 node = child
-                continue
+                # A node just created has no children, so the rest of the chain is new too: build it
+                # without looking anything up in the tree (the common case: a new turn's blocks).
+                for block_hash, tokens_hash in pairs:
+                    child = [None, bit, node, tokens_hash]
+                    node[0] = child
+                    created += 1
+                    previous = setdefault(block_hash, child)
+                    if previous is not child:
+                        table[block_hash] = child
+                        self._release(key, previous, bit)
+                    node = child
+                break
             previous = table.get(block_hash)
             if previous is not child:
                 if child[1] & bit:
@@ -269,18 +282,36 @@ class RadixTree:
                     continue
                 self._release(key, node, bit)
             return status
-        # No aliases (the normal case): _drop_membership inlined, pruning only nodes left empty.
-        keep = ~bit
-        drop = self._drop_membership
+        # No aliases (the normal case): _drop_membership inlined, pruning only nodes left empty. The
+        # mask is cleared with ^ after a test: & with the negative ~bit costs several big-int copies.
+        pruned = 0
         for block_hash in block_hashes:
             node = pop(block_hash, None)
             if node is None:
                 status = STATUS_BLOCK_NOT_FOUND
                 continue
-            mask = node[1] & keep
-            node[1] = mask
-            if not mask and node[0] is None:
-                drop(node, 0)
+            mask = node[1]
+            if mask & bit:
+                mask ^= bit
+                node[1] = mask
+            # Prune the emptied leaf and any ancestors it leaves empty (_drop_membership, inlined:
+            # evictions take leaves, so nearly every removed block prunes and a call each adds up).
+            while not mask and node[0] is None:
+                parent = node[2]
+                if parent is None:  # the root, or a node already freed
+                    break
+                kids = parent[0]
+                if type(kids) is list:
+                    parent[0] = None
+                else:
+                    del kids[node[3]]
+                    if len(kids) == 1:
+                        parent[0] = next(iter(kids.values()))
+                node[2] = None
+                pruned += 1
+                node = parent
+                mask = node[1]
+        self._num_nodes -= pruned
         return status
 
     def _release(self, key: WorkerKey, node: _Node, bit: int) -> None:
