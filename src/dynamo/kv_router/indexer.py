@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dynamo.kv_router.hashing import XXH3_SEED, compute_seq_hashes
@@ -51,37 +51,11 @@ class OverlapScores:
 
     Workers that match no block are absent from ``scores``. ``tree_sizes`` holds the number of blocks
     every known worker has in the index (the tie-breaker of the selector); from :meth:`RadixTree.find_matches`
-    it is a live view of the index, read when the result is used (before the next event is applied).
+    it is the index's own live table (read it before the next event is applied; never modify it).
     """
 
     scores: dict[WorkerKey, int] = field(default_factory=dict)
     tree_sizes: Mapping[WorkerKey, int] = field(default_factory=dict)
-
-
-class _TreeSizes(Mapping[WorkerKey, int]):
-    """Blocks per worker, read from the per-worker lookup tables on demand: the selector needs a size
-    only to break a tie, and copying a thousand of them into a dict per decision cost more than the walk."""
-
-    __slots__ = ("_lookup",)
-
-    def __init__(self, lookup: dict[WorkerKey, dict[int, _Node]]) -> None:
-        self._lookup = lookup
-
-    def __getitem__(self, key: WorkerKey) -> int:
-        return len(self._lookup[key])
-
-    def get(self, key: WorkerKey, default: int | None = None) -> int | None:  # type: ignore[override]
-        table = self._lookup.get(key)
-        return default if table is None else len(table)
-
-    def __iter__(self) -> Iterator[WorkerKey]:
-        return iter(self._lookup)
-
-    def __len__(self) -> int:
-        return len(self._lookup)
-
-    def __repr__(self) -> str:
-        return repr(dict(self.items()))
 
 
 _Node = list  # [children: None | _Node | dict[int, _Node], mask: int, parent: _Node | None, tokens_hash: int]
@@ -96,7 +70,9 @@ class RadixTree:
         self._root: _Node = [None, 0, None, 0]
         self._num_nodes = 0  # excluding the root
         self._lookup: dict[WorkerKey, dict[int, _Node]] = {}
-        self._tree_sizes = _TreeSizes(self._lookup)
+        # len() of each lookup table, kept up to date per event: find_matches hands it out as
+        # tree_sizes instead of copying a thousand sizes into a fresh dict per decision.
+        self._sizes: dict[WorkerKey, int] = {}
         self._slot: dict[WorkerKey, int] = {}
         self._slot_keys: list[WorkerKey | None] = []
         self._free_slots: list[int] = []
@@ -120,6 +96,7 @@ class RadixTree:
                 self._slot_keys.append(key)
             self._slot[key] = slot
             self._lookup[key] = {}
+            self._sizes[key] = 0
         return slot
 
     def workers(self) -> list[WorkerKey]:
@@ -264,6 +241,7 @@ class RadixTree:
                     self._release(key, previous, bit)
             node = child
         self._num_nodes += created
+        self._sizes[key] = len(table)
         return STATUS_OK
 
     def remove_blocks(self, key: WorkerKey, block_hashes: Sequence[int]) -> str:
@@ -281,6 +259,7 @@ class RadixTree:
                     status = STATUS_BLOCK_NOT_FOUND
                     continue
                 self._release(key, node, bit)
+            self._sizes[key] = len(table)
             return status
         # No aliases (the normal case): _drop_membership inlined, pruning only nodes left empty. The
         # mask is cleared with ^ after a test: & with the negative ~bit costs several big-int copies.
@@ -312,6 +291,7 @@ class RadixTree:
                 node = parent
                 mask = node[1]
         self._num_nodes -= pruned
+        self._sizes[key] = len(table)
         return status
 
     def _release(self, key: WorkerKey, node: _Node, bit: int) -> None:
@@ -353,6 +333,7 @@ class RadixTree:
         for key in [k for k in self._lookup if k[0] == worker_id]:
             self._drop_all(key)
             del self._lookup[key]
+            del self._sizes[key]
             slot = self._slot.pop(key)
             self._slot_keys[slot] = None
             self._free_slots.append(slot)
@@ -366,6 +347,7 @@ class RadixTree:
         for node in table.values():
             self._drop_membership(node, bit)
         table.clear()
+        self._sizes[key] = 0
 
     # ---------------------------------------------------------------- queries
 
@@ -412,7 +394,7 @@ class RadixTree:
             low = active & -active
             scores[slot_keys[low.bit_length() - 1]] = depth  # type: ignore[index]
             active ^= low
-        return OverlapScores(scores, self._tree_sizes)
+        return OverlapScores(scores, self._sizes)
 
     # ---------------------------------------------------------------- snapshots
 

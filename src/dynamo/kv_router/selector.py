@@ -256,23 +256,26 @@ class WorkerSelector:
         prefill = loads.prefill[pos]
         decode = loads.decode[pos]
         logits = overlap_score_weight * (prefill / block_size) + decode
-        sizes = overlaps.tree_sizes
         n = len(candidates)
-        if temperature <= 0.0:
-            tied = np.flatnonzero(logits == logits.min()).tolist()
-            if len(tied) > 1:
-                tsz = [sizes.get(candidates[i], 0) for i in tied]
-                smallest = min(tsz)
-                tied = [i for i, t in zip(tied, tsz, strict=True) if t == smallest]
-            chosen = tied[0] if len(tied) == 1 else self.rng.choice(tied)
-        else:
-            chosen = _sample_softmax(logits.tolist(), temperature, self.rng)
+        # Only candidates at or below the k-th smallest logit can be explained, and the minimum is
+        # among them: tree sizes (the tie-breaker) are looked up for those few alone.
         k = self.top_k
         cut = np.partition(logits, k - 1)[k - 1] if n > k else logits.max()
-        near = np.flatnonzero(logits <= cut).tolist()
-        near_logits = dict(zip(near, logits[near].tolist(), strict=True))
-        near.sort(key=lambda i: (near_logits[i], sizes.get(candidates[i], 0)))
-        top = near[:k]
+        near = np.flatnonzero(logits <= cut)
+        near_logits = logits[near]
+        get_size = overlaps.tree_sizes.get
+        near_sizes = np.fromiter((get_size(candidates[i], 0) for i in near.tolist()), dtype=np.int64,
+                                 count=len(near))
+        if temperature <= 0.0:
+            at_min = near_logits == near_logits.min()
+            tied_sizes = near_sizes[at_min]
+            tied = near[at_min]
+            if len(tied) > 1:
+                tied = tied[tied_sizes == tied_sizes.min()]
+            chosen = int(tied[0]) if len(tied) == 1 else self.rng.choice(tied.tolist())
+        else:
+            chosen = _sample_softmax(logits.tolist(), temperature, self.rng)
+        top = near[np.lexsort((near_sizes, near_logits))[:k]].tolist()
         if chosen not in top:
             top[-1:] = [chosen]
         keys = [candidates[i] for i in top]
