@@ -62,7 +62,9 @@ def summarize(result: ReplayResult, wall_time_ms: float) -> dict[str, Any]:
     e2e = [r.last_token_ms - r.arrival_ms for r in done if r.last_token_ms is not None]
     tpot = [(r.last_token_ms - r.first_token_ms) / (r.tokens - 1) for r in done
             if r.tokens > 1 and r.last_token_ms is not None and r.first_token_ms is not None]
-    per_user = [1000.0 / g for g in result.itl_ms if g > 0]
+    # Millions of gaps in a full-trace replay: numpy, not a Python loop (same IEEE divisions).
+    itl = np.asarray(result.itl_ms, dtype=np.float64)
+    per_user = 1000.0 / itl[itl > 0]
     total_in = sum(r.input_length for r in recs)
     total_out = sum(r.tokens for r in done)
     admitted = [r for r in recs if r.admissions]
