@@ -45,15 +45,17 @@ op = st.one_of(
     weight=st.sampled_from([0.0, 1.0, 2.5]),
     temperature=st.sampled_from([0.0, 0.0, 0.7]),
     seed=st.integers(0, 99),
+    first_query=st.integers(0, 20),
 )
-def test_vectorised_decisions_equal_the_scalar_path(ops, queries, flags, weight, temperature, seed) -> None:
+def test_vectorised_decisions_equal_the_scalar_path(ops, queries, flags, weight, temperature, seed,
+                                                     first_query) -> None:
     track_blocks, track_output, reuse, track_prefill = flags
     seqs = ActiveSequencesMultiWorker(BS, track_active_blocks=track_blocks, track_output_blocks=track_output,
                                       assume_kv_reuse=reuse, track_prefill_tokens=track_prefill,
                                       rng=random.Random(seed))
     for key in KEYS[:6]:
         seqs.add_worker(key)
-    for step in ops:
+    for n, step in enumerate(ops):
         kind = step[0]
         if kind == "add":
             _, rid, key, blocks, overlap, osl, now = step
@@ -68,6 +70,8 @@ def test_vectorised_decisions_equal_the_scalar_path(ops, queries, flags, weight,
             seqs.add_worker(step[1])
         else:
             seqs.remove_worker(step[1])
+        if n < first_query:  # the vectors start late: built from the bookings made so far
+            continue
         candidates = seqs.workers()
         for blocks, isl, scores in queries:
             scores = {k: v for k, v in scores.items() if k in candidates}
@@ -103,7 +107,9 @@ def test_an_unknown_candidate_falls_back_to_the_scalar_defaults() -> None:
 def test_holder_index_forgets_freed_and_removed_workers() -> None:
     seqs = ActiveSequencesMultiWorker(BS, rng=random.Random(0))
     seqs.add_request("a", (1, 0), [7, 8], 8, 0)
+    seqs.load_vectors([7], 4, {})
     seqs.add_request("b", (2, 0), [7, 9], 8, 0)
+    assert seqs._holders == {7: 0b11, 8: 0b01, 9: 0b10}
     seqs.free("a")
     seqs.remove_worker(2)
     assert seqs._holders == {}

@@ -44,7 +44,7 @@ class LoadVectors:
     """Potential loads of a whole fleet: ``prefill[slot]`` tokens and ``decode[slot]`` blocks, where a
     worker's slot comes from :meth:`positions` (see :meth:`ActiveSequencesMultiWorker.load_vectors`)."""
 
-    __slots__ = ("decode", "prefill", "_owner")
+    __slots__ = ("_owner", "decode", "prefill")
 
     def __init__(self, owner: ActiveSequencesMultiWorker, prefill: np.ndarray, decode: np.ndarray) -> None:
         self._owner = owner
@@ -307,6 +307,9 @@ class ActiveSequencesMultiWorker:
         # Fleet-scale decisions (load_vectors): every worker has a slot; its prefill tokens and active
         # blocks are mirrored into arrays after each change, so a decision reads the whole fleet in a
         # few numpy operations and visits one by one only the workers that hold the prompt's first block.
+        # Kept only once a decision has asked for them (small fleets use the per-worker loop and never
+        # pay for the index: a block per booked block).
+        self._vectorised = False
         self._slot: dict[WorkerKey, int] = {}
         self._slot_keys: list[WorkerKey | None] = []
         self._free_slots: list[int] = []
@@ -332,14 +335,17 @@ class ActiveSequencesMultiWorker:
         self._slot[key] = slot
         self._prefill_arr[slot] = 0.0
         self._active_arr[slot] = 0.0
-        seqs._holders = self._holders
         seqs._bit = 1 << slot
+        if self._vectorised:
+            seqs._holders = self._holders
         self._workers[key] = seqs
         self._positions_cache = None
         return seqs
 
     def _sync(self, key: WorkerKey, seqs: ActiveSequences) -> None:
         """Mirror one worker's loads into the fleet arrays (after anything that may change them)."""
+        if not self._vectorised:
+            return
         slot = self._slot[key]
         self._prefill_arr[slot] = seqs._prefill_total
         self._active_arr[slot] = len(seqs._refs)
@@ -369,15 +375,16 @@ class ActiveSequencesMultiWorker:
         seqs = self._workers.pop(key)
         for rid in seqs.request_ids():
             self._request_worker.pop(rid, None)
-        holders = self._holders
-        keep = ~seqs._bit
-        for h in seqs._refs:
-            m = holders[h] & keep
-            if m:
-                holders[h] = m
-            else:
-                del holders[h]
-        seqs._holders = None
+        if seqs._holders is not None:
+            holders = seqs._holders
+            keep = ~seqs._bit
+            for h in seqs._refs:
+                m = holders[h] & keep
+                if m:
+                    holders[h] = m
+                else:
+                    del holders[h]
+            seqs._holders = None
         slot = self._slot.pop(key)
         self._slot_keys[slot] = None
         self._free_slots.append(slot)
@@ -445,7 +452,7 @@ class ActiveSequencesMultiWorker:
             return False
         seqs = self._workers[key]
         done = seqs.mark_prefill_completed(request_id)
-        if done:
+        if done and self._vectorised:
             self._prefill_arr[self._slot[key]] = seqs._prefill_total
         return done
 
@@ -542,6 +549,8 @@ class ActiveSequencesMultiWorker:
         and each worker whose active blocks include the prompt's first block; the per-worker loop of
         :meth:`potential_loads` is what a thousand-worker fleet cannot afford per decision.
         """
+        if not self._vectorised:
+            self._start_vectors()
         track = self.track_prefill_tokens if track_prefill_tokens is None else track_prefill_tokens
         reuse = self.assume_kv_reuse if assume_kv_reuse is None else assume_kv_reuse
         bs = self.block_size
@@ -580,6 +589,17 @@ class ActiveSequencesMultiWorker:
                 seqs = workers[keys[slot]]  # type: ignore[index]
                 decode[slot] = active[slot] + seqs.new_blocks_if_added(seq_hashes)  # type: ignore[arg-type]
         return LoadVectors(self, prefill, decode)
+
+    def _start_vectors(self) -> None:
+        """First fleet-scale decision: fill the arrays and the holder index from the current bookings."""
+        self._vectorised = True
+        holders = self._holders
+        for key, seqs in self._workers.items():
+            bit = seqs._bit
+            for h in seqs._refs:
+                holders[h] = holders.get(h, 0) | bit
+            seqs._holders = holders
+            self._sync(key, seqs)
 
     def positions(self, candidates: Sequence[WorkerKey]) -> np.ndarray | None:
         """Slot of each candidate, in candidate order (None if one is not tracked). Cached: the
