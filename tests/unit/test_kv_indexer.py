@@ -104,6 +104,21 @@ def test_self_referencing_chain_is_invalid() -> None:
     assert tree.event_counts[("stored", STATUS_INVALID_BLOCK)] == 2
 
 
+def test_an_invalid_event_found_midway_leaves_the_tree_as_it_was() -> None:
+    """Stored events are applied optimistically and taken back on a hash already present: a chain whose
+    fourth block repeats its second, partly over another worker's nodes, must change nothing."""
+    tree = RadixTree()
+    tree.apply_event(stored(1, 0, [(1, LOCAL[0]), (2, LOCAL[1])]))
+    before = (tree.num_nodes, tree.find_matches(LOCAL).scores, dict(tree.find_matches([]).tree_sizes))
+    bad = [(11, LOCAL[0]), (12, LOCAL[1]), (13, LOCAL[2]), (12, LOCAL[3])]
+    assert tree.apply_event(stored(2, 0, bad)) == STATUS_INVALID_BLOCK
+    assert (tree.num_nodes, tree.find_matches(LOCAL).scores) == before[:2]
+    assert {k: v for k, v in tree.find_matches([]).tree_sizes.items() if v} == before[2]
+    # ...and the same chain without the repeat is then applied in full.
+    assert tree.apply_event(stored(2, 1, bad[:3])) == STATUS_OK
+    assert tree.find_matches(LOCAL).scores == {(1, 0): 2, (2, 0): 3}
+
+
 def test_remove_does_not_cascade() -> None:
     tree = RadixTree()
     seq = compute_seq_hashes(LOCAL[:3])

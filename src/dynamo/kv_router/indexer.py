@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dynamo.kv_router.hashing import XXH3_SEED, compute_seq_hashes
@@ -145,9 +145,11 @@ class RadixTree:
         data = ev.data
         if type(data) is KvStored:
             blocks = data.blocks
-            status = self._store(
-                key, data.parent_hash, map(_pair_of, blocks), len(blocks), map(_block_hash_of, blocks)
-            )
+            status = self._store_fresh(key, data.parent_hash, blocks, _pair_of)
+            if status is None:
+                status = self._store(
+                    key, data.parent_hash, map(_pair_of, blocks), len(blocks), map(_block_hash_of, blocks)
+                )
             kind = "stored"
         elif type(data) is KvRemoved:
             status = self.remove_blocks(key, data.block_hashes)
@@ -166,7 +168,89 @@ class RadixTree:
 
         All or nothing: an unknown parent or a chain that refers to itself rejects the whole event.
         """
-        return self._store(key, parent_hash, blocks, len(blocks), (b[0] for b in blocks))
+        status = self._store_fresh(key, parent_hash, blocks, None)
+        if status is None:
+            status = self._store(key, parent_hash, blocks, len(blocks), (b[0] for b in blocks))
+        return status
+
+    def _store_fresh(
+        self,
+        key: WorkerKey,
+        parent_hash: int | None,
+        blocks: Sequence[object],
+        pair_of: Callable[[object], tuple[int, int]] | None,
+    ) -> str | None:
+        """The common stored event: none of its block hashes is in the worker's table yet.
+
+        Such an event is valid without building a set of its hashes (a duplicate inside it, or its
+        parent among its blocks, would be found in the table when its turn came), so it is applied
+        directly. On the first hash already present the blocks applied so far are taken back out and
+        None is returned: :meth:`_store` then validates and applies the event from the same state.
+        """
+        slot = self._ensure_worker(key)
+        table = self._lookup[key]
+        if parent_hash is None:
+            node = self._root
+        else:
+            found = table.get(parent_hash)
+            if found is None:
+                return STATUS_PARENT_NOT_FOUND
+            node = found
+        bit = 1 << slot
+        pairs = iter(blocks if pair_of is None else map(pair_of, blocks))  # type: ignore[arg-type]
+        applied = 0
+        created = 0
+        conflict = False
+        for block_hash, tokens_hash in pairs:
+            if block_hash in table:
+                conflict = True
+                break
+            kids = node[0]
+            if kids is None:
+                child = None
+            elif type(kids) is list:
+                child = kids if kids[3] == tokens_hash else None
+            else:
+                child = kids.get(tokens_hash)
+            if child is None:
+                child = [None, bit, node, tokens_hash]
+                if kids is None:
+                    node[0] = child
+                elif type(kids) is list:
+                    node[0] = {kids[3]: kids, tokens_hash: child}
+                else:
+                    kids[tokens_hash] = child
+                table[block_hash] = child
+                created += 1
+                applied += 1
+                node = child
+                # A node just created has no children: the rest of the chain is new, no lookups.
+                for block_hash, tokens_hash in pairs:
+                    if block_hash in table:
+                        conflict = True
+                        break
+                    child = [None, bit, node, tokens_hash]
+                    node[0] = child
+                    table[block_hash] = child
+                    created += 1
+                    applied += 1
+                    node = child
+                break
+            mask = child[1]
+            if mask & bit:  # held through another hash already: the alias bookkeeping of _store
+                conflict = True
+                break
+            child[1] = mask | bit
+            table[block_hash] = child
+            applied += 1
+            node = child
+        self._num_nodes += created
+        if conflict:
+            undo = blocks[:applied] if pair_of is None else list(map(pair_of, blocks[:applied]))
+            self._drop_hashes(table, [p[0] for p in undo], bit)  # type: ignore[index]
+            return None
+        self._sizes[key] = len(table)
+        return STATUS_OK
 
     def _store(
         self,
@@ -261,13 +345,23 @@ class RadixTree:
                 self._release(key, node, bit)
             self._sizes[key] = len(table)
             return status
-        # No aliases (the normal case): _drop_membership inlined, pruning only nodes left empty. The
-        # mask is cleared with ^ after a test: & with the negative ~bit costs several big-int copies.
+        status = STATUS_OK if self._drop_hashes(table, block_hashes, bit) else STATUS_BLOCK_NOT_FOUND
+        self._sizes[key] = len(table)
+        return status
+
+    def _drop_hashes(self, table: dict[int, _Node], block_hashes: Iterable[int], bit: int) -> bool:
+        """Remove blocks of a worker with no aliases; False if some hash was unknown.
+
+        _drop_membership inlined, pruning only nodes left empty. The mask is cleared with ^ after a
+        test: & with the negative ~bit costs several big-int copies.
+        """
+        pop = table.pop
+        found = True
         pruned = 0
         for block_hash in block_hashes:
             node = pop(block_hash, None)
             if node is None:
-                status = STATUS_BLOCK_NOT_FOUND
+                found = False
                 continue
             mask = node[1]
             if mask & bit:
@@ -291,8 +385,7 @@ class RadixTree:
                 node = parent
                 mask = node[1]
         self._num_nodes -= pruned
-        self._sizes[key] = len(table)
-        return status
+        return found
 
     def _release(self, key: WorkerKey, node: _Node, bit: int) -> None:
         aliases = self._aliases.get(key)
