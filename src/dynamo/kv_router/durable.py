@@ -30,6 +30,7 @@ import nats.js.errors
 from nats.js import api
 
 from dynamo.kv_router.protocols import RouterEvent, decode_router_event
+from dynamo.runtime import errors
 from dynamo.runtime.event_plane.envelope import (
     Envelope,
     InvalidEvent,
@@ -125,6 +126,7 @@ class DurableKvPublisher:
                 try:
                     await self.js.publish(self.subject, queue[0])
                 except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                    _raise_if_cancelling()
                     # In order, or not at all: keep the event and retry (NATS restarting, stream moving).
                     logger.debug("durable KV events: publish failed (%s); retrying", exc)
                     await asyncio.sleep(RETRY_SECS)
@@ -140,6 +142,14 @@ class DurableKvPublisher:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+
+def _raise_if_cancelling() -> None:
+    """nats-py turns a cancellation that races its own timeout into a timeout error; a loop that retries
+    on timeouts must not swallow it, or its task can never be cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,24 +208,35 @@ class DurableKvConsumer:
                                                     config=config)
 
     async def _read_snapshot(self) -> bytes | None:
-        # Another replica may be replacing the object while we read it: read until two reads agree.
-        previous = await self.js.get_object(self.bucket, SNAPSHOT_OBJECT)
+        # Another replica may be replacing the object while we read it: read until two reads agree. A
+        # read caught by a replacement stalls (its chunks are purged): that read is simply retried.
+        previous = await self._get_snapshot()
         for _ in range(5):
             if previous is None:
                 return None
-            current = await self.js.get_object(self.bucket, SNAPSHOT_OBJECT)
+            current = await self._get_snapshot()
             if current == previous:
                 return current
             previous = current
         return previous
+
+    async def _get_snapshot(self, attempts: int = 10) -> bytes | None:
+        for attempt in range(attempts):
+            try:
+                return await self.js.get_object(self.bucket, SNAPSHOT_OBJECT)
+            except asyncio.TimeoutError:
+                logger.info("durable KV events: snapshot read stalled (replaced while read?); retry %d", attempt + 1)
+        raise errors.Unavailable(f"cannot read the KV index snapshot from {self.bucket}: every read stalled")
 
     async def _run(self) -> None:
         while True:
             try:
                 msgs = await self._sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_SECS)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                _raise_if_cancelling()
                 continue
             except nats.errors.Error as exc:
+                _raise_if_cancelling()
                 # NATS restarting: the consumer and its position are on the server; fetch again.
                 logger.debug("durable KV events: fetch failed (%s); retrying", exc)
                 await asyncio.sleep(RETRY_SECS)
@@ -254,10 +275,13 @@ class DurableKvConsumer:
         logger.info("KV index snapshot at stream sequence %d (%d bytes); stream purged below it", sequence, len(data))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task
+        if task is not None:
+            # A cancel that lands while nats-py's fetch is timing out can come back as a timeout:
+            # cancel until the task has really ended, never wait on it unboundedly.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

@@ -7,6 +7,7 @@ acknowledged messages, and key-value / object-store buckets for snapshots.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -54,6 +55,10 @@ class DurableConsumer:
         try:
             return list(await self._sub.fetch(batch, timeout=timeout))
         except nats.errors.TimeoutError:
+            # A cancellation racing nats-py's own timeout surfaces as this timeout: keep it a cancellation.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None
             return []
 
     @staticmethod
@@ -67,6 +72,10 @@ class DurableConsumer:
     async def unsubscribe(self) -> None:
         """Stop fetching; the durable consumer and its ack state stay on the server."""
         await self._sub.unsubscribe()
+
+
+#: a snapshot read that makes no progress for this long is abandoned (and retried by the caller)
+OBJECT_GET_TIMEOUT_SECS = 5.0
 
 
 class JetStream:
@@ -180,10 +189,15 @@ class JetStream:
     async def put_object(self, bucket: str, name: str, data: bytes) -> None:
         await (await self.object_bucket(bucket)).put(name, data)
 
-    async def get_object(self, bucket: str, name: str) -> bytes | None:
+    async def get_object(self, bucket: str, name: str, timeout: float = OBJECT_GET_TIMEOUT_SECS) -> bytes | None:
+        """The object's bytes, None if there is none; ``asyncio.TimeoutError`` if the read stalls.
+
+        nats-py waits without a deadline for an object's chunks, and a writer replacing the object
+        mid-read purges the chunks being waited for: the read would hang for good.
+        """
         store = await self.object_bucket(bucket)
         try:
-            result = await store.get(name)
+            result = await asyncio.wait_for(store.get(name), timeout)
         except nats.js.errors.NotFoundError:  # missing or deleted
             return None
         return None if result.data is None else bytes(result.data)
