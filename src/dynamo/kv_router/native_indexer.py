@@ -20,10 +20,10 @@ from dynamo.kv_router.indexer import (
     WorkerKey,
     events_from_export,
 )
-from dynamo.kv_router.protocols import KvCleared, KvRemoved, KvStored, RouterEvent
+from dynamo.kv_router.protocols import KvCacheEvent, KvCleared, KvRemoved, KvStored, RouterEvent, StoredBlock
 
-_radix._bind(KvStored, KvRemoved, KvCleared, OverlapScores, STATUS_OK, STATUS_PARENT_NOT_FOUND,
-             STATUS_BLOCK_NOT_FOUND, STATUS_INVALID_BLOCK)
+_radix._bind(RouterEvent, KvCacheEvent, KvStored, KvRemoved, KvCleared, StoredBlock, OverlapScores, STATUS_OK,
+             STATUS_PARENT_NOT_FOUND, STATUS_BLOCK_NOT_FOUND, STATUS_INVALID_BLOCK)
 
 # The order of RadixCore._counts().
 _COUNT_KEYS = (
