@@ -17,6 +17,16 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#if PY_VERSION_HEX < 0x030B0000
+#include <longintrepr.h> /* the digits of an int (Python.h includes it from 3.11 on) */
+#endif
+#if defined(Py_AUDIT_READ)
+#define RADIX_AUDIT_READ Py_AUDIT_READ
+#elif defined(PY_AUDIT_READ)
+#define RADIX_AUDIT_READ PY_AUDIT_READ
+#else
+#define RADIX_AUDIT_READ 0
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -1274,7 +1284,7 @@ static Py_ssize_t slot_offset(PyObject *type, PyObject *name)
     }
     if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
         PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-        if ((m->type == T_OBJECT_EX || m->type == T_OBJECT) && !(m->flags & PY_AUDIT_READ))
+        if ((m->type == T_OBJECT_EX || m->type == T_OBJECT) && !(m->flags & RADIX_AUDIT_READ))
             off = m->offset;
     }
     Py_DECREF(d);
