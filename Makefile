@@ -11,7 +11,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-venv: $(VENV)/.installed
+# The compiled KV indexer core (src/dynamo/kv_router/_radix.c, built in place and gitignored). Without a
+# C compiler this prints a note and the pure-Python indexer is used; a compile error fails the build.
+$(VENV)/.native-built: $(VENV)/.installed src/dynamo/kv_router/_radix.c src/dynamo/kv_router/native_build.py
+	$(PY) -m dynamo.kv_router.native_build
+	@touch $@
+
+venv: $(VENV)/.installed $(VENV)/.native-built
 
 # vLLM's CPU build for the real-engine tests and `make run-vllm`. It pins torch 2.13.0+cpu (never let pip
 # resolve a bare torch: that is a multi-GB CUDA build) and drags in torchvision/torchaudio/torchcodec

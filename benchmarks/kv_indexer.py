@@ -14,6 +14,7 @@ every ``--sample-every``-th query agree, and prints both systems' rates and the 
 
     python benchmarks/kv_indexer.py [--trace conversation|synthetic|PATH] [--workers 16]
         [--capacity 4096] [--assign prefix|round-robin] [--limit N] [--runs 3] [--compare ai-dynamo] [--sample-every 10]
+        [--indexer auto|native|python]
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ import orjson
 import xxhash
 
 from dynamo.kv_router.hashing import compute_seq_hashes
-from dynamo.kv_router.indexer import RadixTree
+from dynamo.kv_router.indexer import INDEXER_IMPLS, select_radix_tree
 from dynamo.kv_router.protocols import KvCacheEvent, KvRemoved, KvStored, RouterEvent, StoredBlock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from traces import load_trace as load_requests
 
+RadixTree = select_radix_tree()  # --indexer replaces it (main)
 AI_DYNAMO_VENV = Path(__file__).resolve().parent / ".venv-ai-dynamo"
 AI_DYNAMO_VERSION = "1.6.1"
 
@@ -299,7 +301,11 @@ def main() -> None:
     ap.add_argument("--compare", choices=["ai-dynamo"], default=None)
     ap.add_argument("--ai-dynamo-venv", type=Path, default=AI_DYNAMO_VENV)
     ap.add_argument("--sample-every", type=int, default=10, help="compare scores of every Nth query")
+    ap.add_argument("--indexer", choices=INDEXER_IMPLS, default=None,
+                    help="KV indexer implementation (default: DYN_KV_INDEXER_IMPL, else auto: compiled when built)")
     args = ap.parse_args()
+    global RadixTree
+    RadixTree = select_radix_tree(args.indexer)
 
     t0 = time.perf_counter()
     requests = load_trace(args.trace, args.limit)
@@ -307,7 +313,7 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     print(
         f"trace={args.trace} requests={stream.n_queries} workers={args.workers} capacity={args.capacity} "
-        f"assign={args.assign} | stored events={stream.n_stored} ({stream.n_blocks_stored} blocks) "
+        f"assign={args.assign} indexer={RadixTree.__name__} | stored events={stream.n_stored} ({stream.n_blocks_stored} blocks) "
         f"removed events={stream.n_removed} ({stream.n_blocks_removed} blocks) | query blocks={stream.n_query_blocks} | built in {build_s:.1f}s"
     )
     results = [one_run(stream) for _ in range(args.runs)]

@@ -21,6 +21,7 @@ prefix walk over the workers' caches.
 
     python benchmarks/router_scale.py                        # 64, 256, 1024 workers
     python benchmarks/router_scale.py --workers 1024 --requests 40000 --capacity 1024
+    python benchmarks/router_scale.py --indexer python       # the pure-Python tree (default: compiled if built)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import tracemalloc
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dynamo.kv_router.indexer import RadixTree
+from dynamo.kv_router.indexer import INDEXER_IMPLS, select_radix_tree
 from dynamo.kv_router.protocols import RouterEvent
 from dynamo.kv_router.selector import WorkerSelector
 from dynamo.kv_router.sequences import ActiveSequencesMultiWorker
@@ -111,9 +112,10 @@ def brute_force_scores(kvs: list[KvManager], seq: list[int]) -> dict[tuple[int, 
 
 
 def run_fleet(n_workers: int, n_requests: int, capacity: int, inflight_per_worker: float, seed: int,
-              check_every: int) -> ScaleResult:
+              check_every: int, tree_cls: type | None = None) -> ScaleResult:
+    tree_cls = tree_cls or select_radix_tree()
     rng = random.Random(seed)
-    tree = RadixTree()
+    tree = tree_cls()
     events: list[RouterEvent] = []
     kvs = [KvManager(capacity, BLOCK, worker_id=w, event_sink=events.append) for w in range(n_workers)]
     seqs = ActiveSequencesMultiWorker(BLOCK, rng=rng)
@@ -179,7 +181,7 @@ def run_fleet(n_workers: int, n_requests: int, capacity: int, inflight_per_worke
             if got != brute_force_scores(kvs, seq):
                 exact = False
     for w, kv in enumerate(kvs):
-        if set(tree._lookup.get((w, 0), {})) != kv.cached_block_hashes():
+        if tree.block_hashes(w, 0) != kv.cached_block_hashes():
             exact = False
     cached = sum(tree.num_blocks(w, 0) for w in range(n_workers))
     nodes = tree.num_nodes
@@ -187,7 +189,7 @@ def run_fleet(n_workers: int, n_requests: int, capacity: int, inflight_per_worke
     del tree
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    fresh = RadixTree()
+    fresh = tree_cls()
     for ev in dump:
         fresh.apply_event(ev)
     del dump
@@ -234,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gc-threshold0", type=int, default=None,
                    help="gc.set_threshold(N, 50, 1000) for the run (default: Python's 700, 10, 10); the index "
                         "is millions of long-lived containers that every full collection walks")
+    p.add_argument("--indexer", choices=INDEXER_IMPLS, default=None,
+                   help="KV indexer implementation (default: DYN_KV_INDEXER_IMPL, else auto: compiled when built)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    tree_cls = select_radix_tree(args.indexer)
+    print(f"indexer: {tree_cls.__name__}", flush=True)
     if args.gc_threshold0:
         gc.set_threshold(args.gc_threshold0, 50, 1000)
     results = []
@@ -244,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     for n in args.workers:
         reqs = args.requests or max(8000, 30 * n)
-        r = run_fleet(n, reqs, args.capacity, args.inflight_per_worker, args.seed, args.check_every)
+        r = run_fleet(n, reqs, args.capacity, args.inflight_per_worker, args.seed, args.check_every, tree_cls)
         results.append(r)
         print(f"{r.workers:>8}{r.requests:>9}{r.events_per_s:>11,.0f}{r.events_per_cpu_s:>10,.0f}"
               f"{r.blocks_per_s:>11,.0f}"

@@ -32,9 +32,8 @@ COMPONENT = "backend"
 def held(tree: RadixTree) -> dict[tuple[int, int], frozenset[int]]:
     """Block hashes each (worker, dp rank) holds: the state two indexes must agree on."""
     out = {}
-    for key, table in tree._lookup.items():
-        bit = 1 << tree._slot[key]
-        blocks = frozenset(h for h, node in table.items() if node[1] & bit)
+    for key in tree.workers():
+        blocks = frozenset(tree.block_hashes(*key))
         if blocks:
             out[key] = blocks
     return out

@@ -15,7 +15,6 @@ from dynamo.kv_router.indexer import (
     STATUS_INVALID_BLOCK,
     STATUS_OK,
     STATUS_PARENT_NOT_FOUND,
-    RadixTree,
     WorkerKey,
 )
 from dynamo.kv_router.protocols import (
@@ -26,8 +25,10 @@ from dynamo.kv_router.protocols import (
     RouterEvent,
     StoredBlock,
 )
+from tests.unit.indexer_impls import IMPLS
 
-pytestmark = pytest.mark.unit
+# Every test runs against the pure-Python tree and the compiled one (tree_cls).
+pytestmark = [pytest.mark.unit, pytest.mark.parametrize("tree_cls", IMPLS)]
 
 
 def stored(
@@ -54,8 +55,8 @@ def chain(local: Sequence[int]) -> list[tuple[int, int]]:
 LOCAL = compute_block_hashes(list(range(16 * 6)), 16)  # six distinct local hashes
 
 
-def test_store_and_match_prefix_depth() -> None:
-    tree = RadixTree()
+def test_store_and_match_prefix_depth(tree_cls: type) -> None:
+    tree = tree_cls()
     assert tree.apply_event(stored(1, 0, chain(LOCAL[:4]))) == STATUS_OK
     assert tree.apply_event(stored(2, 0, chain(LOCAL[:2]))) == STATUS_OK
     res = tree.find_matches(LOCAL[:5])
@@ -65,8 +66,8 @@ def test_store_and_match_prefix_depth() -> None:
     assert tree.num_nodes == 4
 
 
-def test_stored_continues_under_known_parent() -> None:
-    tree = RadixTree()
+def test_stored_continues_under_known_parent(tree_cls: type) -> None:
+    tree = tree_cls()
     seq = compute_seq_hashes(LOCAL[:4])
     tree.apply_event(stored(1, 0, list(zip(seq[:2], LOCAL[:2], strict=True))))
     status = tree.apply_event(stored(1, 1, list(zip(seq[2:], LOCAL[2:4], strict=True)), parent=seq[1]))
@@ -74,8 +75,8 @@ def test_stored_continues_under_known_parent() -> None:
     assert tree.find_matches(LOCAL[:4]).scores == {(1, 0): 4}
 
 
-def test_unknown_parent_rejects_whole_event() -> None:
-    tree = RadixTree()
+def test_unknown_parent_rejects_whole_event(tree_cls: type) -> None:
+    tree = tree_cls()
     status = tree.apply_event(stored(1, 0, chain(LOCAL[:3]), parent=12345))
     assert status == STATUS_PARENT_NOT_FOUND
     assert tree.find_matches(LOCAL[:3]).scores == {}
@@ -84,8 +85,8 @@ def test_unknown_parent_rejects_whole_event() -> None:
     assert tree.event_counts[("stored", STATUS_PARENT_NOT_FOUND)] == 1
 
 
-def test_parent_of_another_worker_is_unknown() -> None:
-    tree = RadixTree()
+def test_parent_of_another_worker_is_unknown(tree_cls: type) -> None:
+    tree = tree_cls()
     seq = compute_seq_hashes(LOCAL[:2])
     tree.apply_event(stored(1, 0, chain(LOCAL[:1])))
     assert tree.apply_event(stored(2, 0, [(seq[1], LOCAL[1])], parent=seq[0])) == STATUS_PARENT_NOT_FOUND
@@ -95,8 +96,8 @@ def test_parent_of_another_worker_is_unknown() -> None:
     )
 
 
-def test_self_referencing_chain_is_invalid() -> None:
-    tree = RadixTree()
+def test_self_referencing_chain_is_invalid(tree_cls: type) -> None:
+    tree = tree_cls()
     assert tree.apply_event(stored(1, 0, [(7, LOCAL[0]), (7, LOCAL[1])])) == STATUS_INVALID_BLOCK
     tree.apply_event(stored(1, 1, [(7, LOCAL[0])]))
     assert tree.apply_event(stored(1, 2, [(7, LOCAL[1])], parent=7)) == STATUS_INVALID_BLOCK
@@ -104,10 +105,10 @@ def test_self_referencing_chain_is_invalid() -> None:
     assert tree.event_counts[("stored", STATUS_INVALID_BLOCK)] == 2
 
 
-def test_an_invalid_event_found_midway_leaves_the_tree_as_it_was() -> None:
+def test_an_invalid_event_found_midway_leaves_the_tree_as_it_was(tree_cls: type) -> None:
     """Stored events are applied optimistically and taken back on a hash already present: a chain whose
     fourth block repeats its second, partly over another worker's nodes, must change nothing."""
-    tree = RadixTree()
+    tree = tree_cls()
     tree.apply_event(stored(1, 0, [(1, LOCAL[0]), (2, LOCAL[1])]))
     before = (tree.num_nodes, tree.find_matches(LOCAL).scores, dict(tree.find_matches([]).tree_sizes))
     bad = [(11, LOCAL[0]), (12, LOCAL[1]), (13, LOCAL[2]), (12, LOCAL[3])]
@@ -119,8 +120,8 @@ def test_an_invalid_event_found_midway_leaves_the_tree_as_it_was() -> None:
     assert tree.find_matches(LOCAL).scores == {(1, 0): 2, (2, 0): 3}
 
 
-def test_remove_does_not_cascade() -> None:
-    tree = RadixTree()
+def test_remove_does_not_cascade(tree_cls: type) -> None:
+    tree = tree_cls()
     seq = compute_seq_hashes(LOCAL[:3])
     tree.apply_event(stored(1, 0, chain(LOCAL[:3])))
     assert tree.apply_event(removed(1, 1, [seq[1]])) == STATUS_OK
@@ -132,8 +133,8 @@ def test_remove_does_not_cascade() -> None:
     assert tree.find_matches(LOCAL[:3]).scores == {(1, 0): 3}
 
 
-def test_remove_unknown_block_reports_but_applies_the_rest() -> None:
-    tree = RadixTree()
+def test_remove_unknown_block_reports_but_applies_the_rest(tree_cls: type) -> None:
+    tree = tree_cls()
     seq = compute_seq_hashes(LOCAL[:2])
     tree.apply_event(stored(1, 0, chain(LOCAL[:2])))
     assert tree.apply_event(removed(1, 1, [999, seq[1]])) == STATUS_BLOCK_NOT_FOUND
@@ -141,8 +142,8 @@ def test_remove_unknown_block_reports_but_applies_the_rest() -> None:
     assert tree.event_counts[("removed", STATUS_BLOCK_NOT_FOUND)] == 1
 
 
-def test_worker_drops_out_and_never_rejoins() -> None:
-    tree = RadixTree()
+def test_worker_drops_out_and_never_rejoins(tree_cls: type) -> None:
+    tree = tree_cls()
     # worker 2 holds blocks 0 and 2 but not 1: its score stops at 1.
     seq = compute_seq_hashes(LOCAL[:3])
     tree.apply_event(stored(1, 0, chain(LOCAL[:3])))
@@ -151,8 +152,8 @@ def test_worker_drops_out_and_never_rejoins() -> None:
     assert tree.find_matches(LOCAL[:3]).scores == {(1, 0): 3, (2, 0): 1}
 
 
-def test_cleared_drops_all_dp_ranks_but_keeps_worker() -> None:
-    tree = RadixTree()
+def test_cleared_drops_all_dp_ranks_but_keeps_worker(tree_cls: type) -> None:
+    tree = tree_cls()
     tree.apply_event(stored(1, 0, chain(LOCAL[:3]), dp=0))
     tree.apply_event(stored(1, 0, chain(LOCAL[:2]), dp=1))
     tree.apply_event(stored(2, 0, chain(LOCAL[:1])))
@@ -164,8 +165,8 @@ def test_cleared_drops_all_dp_ranks_but_keeps_worker() -> None:
     assert tree.num_nodes == 1
 
 
-def test_remove_worker_forgets_it_and_frees_memory() -> None:
-    tree = RadixTree()
+def test_remove_worker_forgets_it_and_frees_memory(tree_cls: type) -> None:
+    tree = tree_cls()
     tree.apply_event(stored(1, 4, chain(LOCAL[:3]), dp=0))
     tree.apply_event(stored(1, 2, chain(LOCAL[:2]), dp=1))
     tree.remove_worker(1)
@@ -177,8 +178,8 @@ def test_remove_worker_forgets_it_and_frees_memory() -> None:
     assert tree.find_matches(LOCAL[:3]).scores == {(3, 0): 1}
 
 
-def test_event_ids_and_gap_detection() -> None:
-    tree = RadixTree()
+def test_event_ids_and_gap_detection(tree_cls: type) -> None:
+    tree = tree_cls()
     assert tree.detect_gap(1, 0, 5) is None  # first sighting: no history, caller dumps instead
     tree.apply_event(stored(1, 5, chain(LOCAL[:1])))
     assert tree.last_event_id(1, 0) == 5
@@ -192,8 +193,8 @@ def test_event_ids_and_gap_detection() -> None:
     assert tree.find_matches(LOCAL[:2]).scores == {(1, 0): 2}
 
 
-def test_early_exit_stops_once_one_worker_remains() -> None:
-    tree = RadixTree()
+def test_early_exit_stops_once_one_worker_remains(tree_cls: type) -> None:
+    tree = tree_cls()
     tree.apply_event(stored(1, 0, chain(LOCAL[:5])))
     tree.apply_event(stored(2, 0, chain(LOCAL[:2])))
     assert tree.find_matches(LOCAL[:5]).scores == {(1, 0): 5, (2, 0): 2}
@@ -202,8 +203,8 @@ def test_early_exit_stops_once_one_worker_remains() -> None:
     assert 3 <= early[(1, 0)] <= 5
 
 
-def test_workers_with_different_external_hashes_share_nodes() -> None:
-    tree = RadixTree()
+def test_workers_with_different_external_hashes_share_nodes(tree_cls: type) -> None:
+    tree = tree_cls()
     tree.apply_event(stored(1, 0, [(101, LOCAL[0]), (102, LOCAL[1])]))
     tree.apply_event(stored(2, 0, [(201, LOCAL[0]), (202, LOCAL[1])]))
     assert tree.num_nodes == 2
@@ -212,13 +213,13 @@ def test_workers_with_different_external_hashes_share_nodes() -> None:
     assert tree.find_matches(LOCAL[:2]).scores == {(1, 0): 1, (2, 0): 2}
 
 
-def test_dump_events_rebuilds_equivalent_tree() -> None:
-    tree = RadixTree()
+def test_dump_events_rebuilds_equivalent_tree(tree_cls: type) -> None:
+    tree = tree_cls()
     seq = compute_seq_hashes(LOCAL[:5])
     tree.apply_event(stored(1, 0, chain(LOCAL[:5])))
     tree.apply_event(stored(2, 0, chain(LOCAL[:3]), dp=1))
     tree.apply_event(removed(1, 1, [seq[1], seq[2]]))  # worker 1 keeps 0, 3, 4: a gap in its chain
-    rebuilt = RadixTree()
+    rebuilt = tree_cls()
     for ev in tree.dump_events():
         assert rebuilt.apply_event(ev) == STATUS_OK
     assert rebuilt.num_nodes == tree.num_nodes
@@ -314,8 +315,8 @@ def block_hash(key: WorkerKey, path: tuple[int, ...]) -> int:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
-def test_indexer_agrees_with_brute_force(data: st.DataObject) -> None:
-    tree = RadixTree()
+def test_indexer_agrees_with_brute_force(tree_cls: type, data: st.DataObject) -> None:
+    tree = tree_cls()
     model = BruteForceIndex()
     path_st = st.lists(st.sampled_from(ALPHABET), min_size=1, max_size=5)
     n_ops = data.draw(st.integers(10, 60), label="n_ops")
@@ -374,7 +375,7 @@ def test_indexer_agrees_with_brute_force(data: st.DataObject) -> None:
         assert {k: v for k, v in result.tree_sizes.items() if v} == model.sizes()
 
     # Snapshots: the dump rebuilds a tree that answers every query identically.
-    rebuilt = RadixTree()
+    rebuilt = tree_cls()
     for ev in tree.dump_events():
         assert rebuilt.apply_event(ev) == STATUS_OK
     assert rebuilt.num_nodes == tree.num_nodes

@@ -1,7 +1,7 @@
 """The router's index under a simulated fleet's event stream equals a brute-force model of the caches.
 
 Small fleets of the mocker's real KV managers (tiny capacities, so eviction is constant) serve routed
-requests drawn from a small prefix universe; every event goes into one ``RadixTree``. After every
+requests drawn from a small prefix universe; every event goes into one tree (each implementation). After every
 request, each worker's indexed blocks must equal its cache, and ``find_matches`` must equal a
 brute-force longest-cached-prefix walk per worker.
 """
@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamo.kv_router.hashing import compute_block_hashes, compute_seq_hashes
-from dynamo.kv_router.indexer import RadixTree
 from dynamo.kv_router.protocols import RouterEvent
 from dynamo.mocker.kv_manager import KvManager
+from tests.unit.indexer_impls import IMPLS
 
 pytestmark = pytest.mark.unit
 
@@ -36,6 +36,7 @@ def brute_force(kvs: list[KvManager], seq: list[int]) -> dict[tuple[int, int], i
     return out
 
 
+@pytest.mark.parametrize("tree_cls", IMPLS)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n_workers=st.integers(1, 5),
@@ -47,8 +48,8 @@ def brute_force(kvs: list[KvManager], seq: list[int]) -> dict[tuple[int, int], i
                   st.sampled_from(["free", "keep", "destroy"])),
         min_size=1, max_size=40),
 )
-def test_index_equals_fleet_caches(n_workers, capacity, requests):
-    tree = RadixTree()
+def test_index_equals_fleet_caches(tree_cls, n_workers, capacity, requests):
+    tree = tree_cls()
     events: list[RouterEvent] = []
     kvs = [KvManager(capacity, BS, worker_id=w, event_sink=events.append) for w in range(n_workers)]
     live: list[tuple[int, object]] = []
@@ -71,6 +72,6 @@ def test_index_equals_fleet_caches(n_workers, capacity, requests):
             assert tree.apply_event(ev) == "ok"
         events.clear()
         for k, m in enumerate(kvs):
-            assert set(tree._lookup.get((k, 0), {})) == m.cached_block_hashes()
+            assert tree.block_hashes(k, 0) == m.cached_block_hashes()
         local = compute_block_hashes(tokens, BS)
         assert tree.find_matches(local).scores == brute_force(kvs, compute_seq_hashes(local))

@@ -17,11 +17,20 @@ attached (the reference clears them and can orphan descendants still held by oth
 freed as soon as no worker holds it and it has no children, pruning up the chain, so memory returns to
 the bare root once every worker has cleared. Match results are the same: a walk stops at a node no
 active worker holds either way.
+
+Two implementations with the same behaviour: :class:`PyRadixTree` here, and a compiled core
+(``_radix.c``, wrapped by ``native_indexer.NativeRadixTree``) built by ``make venv`` where a C compiler
+exists. ``DYN_KV_INDEXER_IMPL=auto|native|python`` (default auto: compiled when built) picks
+:data:`RadixTree`; the property tests check the two equal on random event and query streams. The
+compiled one stores hashes as u64 (a non-u64 hash in a stored event is a ValueError there; the wire
+decoder masks every hash to u64) and may list a snapshot's blocks of equal depth in another order.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +44,8 @@ from dynamo.kv_router.protocols import (
     RouterEvent,
     StoredBlock,
 )
+
+_log = logging.getLogger(__name__)
 
 WorkerKey = tuple[int, int]
 """``(worker_id, dp_rank)``: the unit the router schedules onto."""
@@ -63,8 +74,9 @@ _block_hash_of = operator.attrgetter("block_hash")
 _pair_of = operator.attrgetter("block_hash", "tokens_hash")
 
 
-class RadixTree:
-    """The prefix index fed by KV events. Not thread-safe; one owner applies events and answers queries."""
+class PyRadixTree:
+    """The prefix index fed by KV events, in pure Python. Not thread-safe; one owner applies events and answers
+    queries. :data:`RadixTree` is this class or the compiled one with the same behaviour (see the module doc)."""
 
     def __init__(self) -> None:
         self._root: _Node = [None, 0, None, 0]
@@ -492,79 +504,142 @@ class RadixTree:
     # ---------------------------------------------------------------- snapshots
 
     def dump_events(self) -> list[RouterEvent]:
-        """Stored (and, rarely, removed) events that rebuild this index in an empty :class:`RadixTree`.
+        """Stored (and, rarely, removed) events that rebuild this index in an empty tree.
 
         Blocks are emitted parents first. Because removals do not cascade, a worker can hold a block
         whose ancestors it no longer holds; such ancestors are stored under synthetic hashes and removed
         again at the end so that the rebuilt tree has the same shape and membership.
         """
-        out: list[RouterEvent] = []
+        return events_from_export(*self._export())
+
+    def block_hashes(self, worker_id: int, dp_rank: int = 0) -> set[int]:
+        """The external block hashes ``(worker_id, dp_rank)`` has in the index."""
+        return set(self._lookup.get((worker_id, dp_rank), ()))
+
+    def _export(self) -> tuple[list[tuple[WorkerKey, list[tuple[int, int, bool]]]], dict[int, tuple[int, int]]]:
+        """The index as plain data (see :func:`events_from_export`); node ids are ``id()``, the root 0."""
         root = self._root
-        depth_cache: dict[int, int] = {id(root): 0}
-
-        def depth_of(node: _Node) -> int:
-            chain: list[_Node] = []
-            cur: _Node | None = node
-            while cur is not None and id(cur) not in depth_cache:
-                chain.append(cur)
-                cur = cur[2]
-            d = depth_cache[id(cur)] if cur is not None else 0
-            for n in reversed(chain):
-                d += 1
-                depth_cache[id(n)] = d
-            return depth_cache[id(node)]
-
+        tables = []
         for key, table in self._lookup.items():
             bit = 1 << self._slot[key]
-            own: dict[int, int] = {}
-            aliases: list[tuple[_Node, int]] = []
-            for block_hash, node in table.items():
-                if node[1] & bit:
-                    if id(node) in own:
-                        aliases.append((node, block_hash))
-                    else:
-                        own[id(node)] = block_hash
-            held = [table[h] for h in own.values()]
-            held.sort(key=depth_of)
-            used_hashes = set(table)
-            synthetic: list[int] = []
-            events: list[KvStored | KvRemoved] = []
-            for node in held:
-                parent = node[2]
-                assert parent is not None
-                if parent is not root and id(parent) not in own:
-                    # Bridge the gap with synthetic blocks for the ancestors the worker lost.
-                    missing: list[_Node] = []
-                    cur = parent
-                    while cur is not root and id(cur) not in own:
-                        missing.append(cur)
-                        assert cur[2] is not None
-                        cur = cur[2]
-                    anchor = None if cur is root else own[id(cur)]
-                    missing.reverse()
-                    bridge: list[StoredBlock] = []
-                    for n, h in zip(
-                        missing, compute_seq_hashes([n[3] for n in missing], parent=anchor), strict=True
-                    ):
-                        while h in used_hashes:
-                            h = (h * 0x9E3779B97F4A7C15 + XXH3_SEED) & 0xFFFFFFFFFFFFFFFF
-                        used_hashes.add(h)
-                        own[id(n)] = h
-                        synthetic.append(h)
-                        bridge.append(StoredBlock(h, n[3]))
-                    events.append(KvStored(parent_hash=anchor, blocks=bridge))
-                parent_hash = None if parent is root else own[id(parent)]
-                events.append(KvStored(parent_hash=parent_hash, blocks=[StoredBlock(own[id(node)], node[3])]))
-            for node, block_hash in aliases:
-                parent = node[2]
-                assert parent is not None
-                parent_hash = None if parent is root else own[id(parent)]
-                events.append(KvStored(parent_hash=parent_hash, blocks=[StoredBlock(block_hash, node[3])]))
-            if synthetic:
-                events.append(KvRemoved(block_hashes=synthetic))
-            worker_id, dp_rank = key
-            out.extend(
-                RouterEvent(worker_id=worker_id, event=KvCacheEvent(event_id=i, data=d, dp_rank=dp_rank))
-                for i, d in enumerate(events)
-            )
-        return out
+            tables.append((key, [(h, id(node), bool(node[1] & bit)) for h, node in table.items()]))
+        nodes: dict[int, tuple[int, int]] = {}
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            kids = node[0]
+            if kids is None:
+                continue
+            children = [kids] if type(kids) is list else list(kids.values())
+            pid = 0 if node is root else id(node)
+            for child in children:
+                nodes[id(child)] = (pid, child[3])
+            stack.extend(children)
+        return tables, nodes
+
+
+def events_from_export(
+    tables: Iterable[tuple[WorkerKey, list[tuple[int, int, bool]]]], nodes: Mapping[int, tuple[int, int]]
+) -> list[RouterEvent]:
+    """Snapshot events from an index exported as plain data (shared by both implementations).
+
+    ``tables``: per ``(worker_id, dp_rank)``, its ``(block_hash, node_id, held)`` entries (``held``: the
+    worker is a member of that node); ``nodes``: ``node_id -> (parent_id, tokens_hash)`` with the root 0.
+    """
+    depth_cache: dict[int, int] = {0: 0}
+
+    def depth_of(nid: int) -> int:
+        chain: list[int] = []
+        cur = nid
+        while cur not in depth_cache:
+            chain.append(cur)
+            cur = nodes[cur][0]
+        d = depth_cache[cur]
+        for n in reversed(chain):
+            d += 1
+            depth_cache[n] = d
+        return depth_cache[nid]
+
+    out: list[RouterEvent] = []
+    for key, items in tables:
+        own: dict[int, int] = {}
+        aliases: list[tuple[int, int]] = []
+        for block_hash, nid, held in items:
+            if held:
+                if nid in own:
+                    aliases.append((nid, block_hash))
+                else:
+                    own[nid] = block_hash
+        held_nodes = sorted(own, key=depth_of)
+        used_hashes = {h for h, _, _ in items}
+        synthetic: list[int] = []
+        events: list[KvStored | KvRemoved] = []
+        for nid in held_nodes:
+            parent = nodes[nid][0]
+            if parent != 0 and parent not in own:
+                # Bridge the gap with synthetic blocks for the ancestors the worker lost.
+                missing: list[int] = []
+                cur = parent
+                while cur != 0 and cur not in own:
+                    missing.append(cur)
+                    cur = nodes[cur][0]
+                anchor = None if cur == 0 else own[cur]
+                missing.reverse()
+                bridge: list[StoredBlock] = []
+                tokens = [nodes[n][1] for n in missing]
+                for n, t, h in zip(missing, tokens, compute_seq_hashes(tokens, parent=anchor), strict=True):
+                    while h in used_hashes:
+                        h = (h * 0x9E3779B97F4A7C15 + XXH3_SEED) & 0xFFFFFFFFFFFFFFFF
+                    used_hashes.add(h)
+                    own[n] = h
+                    synthetic.append(h)
+                    bridge.append(StoredBlock(h, t))
+                events.append(KvStored(parent_hash=anchor, blocks=bridge))
+            parent_hash = None if parent == 0 else own[parent]
+            events.append(KvStored(parent_hash=parent_hash, blocks=[StoredBlock(own[nid], nodes[nid][1])]))
+        for nid, block_hash in aliases:
+            parent = nodes[nid][0]
+            parent_hash = None if parent == 0 else own[parent]
+            events.append(KvStored(parent_hash=parent_hash, blocks=[StoredBlock(block_hash, nodes[nid][1])]))
+        if synthetic:
+            events.append(KvRemoved(block_hashes=synthetic))
+        worker_id, dp_rank = key
+        out.extend(
+            RouterEvent(worker_id=worker_id, event=KvCacheEvent(event_id=i, data=d, dp_rank=dp_rank))
+            for i, d in enumerate(events)
+        )
+    return out
+
+
+# ---------------------------------------------------------------- implementation choice
+
+INDEXER_IMPL_ENV = "DYN_KV_INDEXER_IMPL"
+INDEXER_IMPLS = ("auto", "native", "python")
+
+
+def select_radix_tree(impl: str | None = None) -> type[PyRadixTree]:
+    """The tree class for ``impl`` (``DYN_KV_INDEXER_IMPL``, default ``auto``).
+
+    ``auto``: the compiled core when it was built (``make venv``), else the pure-Python one; ``native``
+    insists on the compiled core; ``python`` always takes the pure-Python one.
+    """
+    choice = (impl if impl is not None else os.environ.get(INDEXER_IMPL_ENV) or "auto").strip().lower()
+    if choice not in INDEXER_IMPLS:
+        raise ValueError(f"{INDEXER_IMPL_ENV}={choice!r}: expected one of {', '.join(INDEXER_IMPLS)}")
+    if choice == "python":
+        return PyRadixTree
+    try:
+        from dynamo.kv_router.native_indexer import NativeRadixTree
+    except ImportError as exc:
+        if choice == "native":
+            raise ImportError(
+                f"{INDEXER_IMPL_ENV}=native but the compiled KV indexer is not built ({exc}); build it with "
+                "`python -m dynamo.kv_router.native_build` (make venv does) or use auto/python"
+            ) from exc
+        return PyRadixTree
+    return NativeRadixTree  # type: ignore[return-value]  # same interface, not a subclass
+
+
+RadixTree: type[PyRadixTree] = select_radix_tree()
+"""The KV indexer class the router uses (compiled or pure Python; same behaviour)."""
+_log.debug("KV indexer: %s", RadixTree.__name__)
