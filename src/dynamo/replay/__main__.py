@@ -96,13 +96,23 @@ def _jsonable(obj: Any) -> Any:
 
 def run(config: ReplayConfig) -> dict[str, Any]:
     requests = workload(config)
+    planner = perf = None
+    if config.planner:
+        planner = config.planner_config()
+        if planner.enable_throughput_scaling:
+            from dynamo.planner.perf_interpolation import load_profile
+
+            perf = load_profile(planner.profile_results_dir, planner.prefill_engine_num_gpu,
+                                planner.decode_engine_num_gpu)
     try:
         engine = config.engine_args()
         sim = ReplaySimulation(requests, engine_args=engine, num_workers=config.num_workers,
                                router_mode=config.router_mode, router_config=config.router_config(),
                                trace_block_size=config.trace_block_size,
                                arrival_speedup_ratio=config.arrival_speedup_ratio,
-                               replay_concurrency=config.replay_concurrency, seed=config.seed)
+                               replay_concurrency=config.replay_concurrency, seed=config.seed,
+                               planner=planner, planner_perf=perf,
+                               worker_startup_ms=config.worker_startup_delay * 1000.0)
     except InvalidArgument as exc:
         raise ConfigError(str(exc)) from None
     bar = ProgressBar(len(requests), config.progress)
@@ -117,10 +127,11 @@ def run(config: ReplayConfig) -> dict[str, Any]:
         gc.set_threshold(*thresholds)
     wall_ms = (time.perf_counter() - t0) * 1000.0
     bar.close()
-    summary = summarize(result, wall_ms)
+    summary = summarize(result, wall_ms, ttft_ms=config.ttft, itl_ms=config.itl)
     print(format_table(summary))
     if config.report_json:
         report = {"summary": summary, "per_request": per_request(result),
+                  "workers_timeline": None if result.fleet is None else result.fleet.to_json(),
                   "config": {k: v for k, v in vars(config).items() if not k.startswith("_")}}
         path = Path(config.report_json)
         path.parent.mkdir(parents=True, exist_ok=True)
