@@ -387,15 +387,19 @@ class Scheduler:
         result.active_blocks = kv.num_active_blocks
         return result
 
-    def step_decode_span(self, max_ms: float, max_passes: int = 1 << 30) -> list[float]:
+    def step_decode_span(self, max_ms: float, max_passes: int = 1 << 30,
+                         blocks_out: list[int] | None = None) -> list[float]:
         """Run consecutive pure-decode passes at once; returns their durations (empty if none ran).
 
-        Only when every running request is decoding, nothing waits, no reasoning markers are due, and
-        each pass would equal :meth:`step`: no request needs a new KV block or emits its last token
-        within the span (those passes go through :meth:`step`). A pass is included while the span's
-        elapsed time before it is below ``max_ms`` (the caller's next outside event). Tokens and RNG
-        draws are exactly those of the same passes run one by one. Trace replay uses this to skip the
-        per-pass bookkeeping of long decode stretches.
+        Only while every running request is decoding, nothing waits, no reasoning markers are due and
+        no request emits its last token (that pass goes through :meth:`step`). Passes in which a
+        request's tail block fills or a new block is needed allocate exactly as :meth:`step` would
+        (same order, same KV events), as long as the free slots cannot run out (a pass that could
+        preempt goes through :meth:`step`). A pass is included while the span's elapsed time before it
+        is below ``max_ms`` (the caller's next outside event). Tokens, RNG draws, KV state and events
+        are exactly those of the same passes run one by one. ``blocks_out`` receives the active block
+        count after each pass. Trace replay uses this to skip the per-pass bookkeeping of long decode
+        stretches.
         """
         args = self.args
         running = self._running
@@ -404,60 +408,90 @@ class Scheduler:
                 or n > args.max_num_batched_tokens or max_ms <= 0.0):
             return []
         bs = args.block_size
-        k = max_passes
-        total_len = 0
         for req in running:
-            c = req.computed
-            tokens = req.tokens
-            if len(tokens) - c != 1 or c < req.prompt_len:
+            if len(req.tokens) - req.computed != 1 or req.computed < req.prompt_len:
                 return []
-            seq = req.seq
-            cap = len(seq.blocks) * bs
-            tail_cap = (seq.num_full + 1) * bs - 1
-            free = (cap if cap < tail_cap else tail_cap) - c
-            left = req.max_tokens - req.generated - 1
-            if free < k:
-                k = free
-            if left < k:
-                k = left
-            if k <= 0:
-                return []
-            total_len += len(tokens)
-        active_kv = self.kv.num_active_blocks * bs
-        total_kv = args.num_gpu_blocks * bs
+        kv = self.kv
+        active = kv.active
+        capacity = args.num_gpu_blocks
+        total_kv = capacity * bs
         scale = args.speedup_ratio * args.decode_speedup_ratio
         predict = self.perf.predict_decode_ms
-        # How many passes fit before the horizon. The polynomial model's decode time depends on the
-        # active KV only, which no pass of a span changes; others (interpolated) also read the mean
-        # context length, which grows every pass.
-        durations: list[float] = []
-        elapsed = 0.0
-        if type(self.perf) is PolynomialPerfModel:
-            d = predict(n, active_kv, total_len // n, total_kv) / scale
-            fit = 0
-            while fit < k and elapsed < max_ms:
-                fit += 1
-                elapsed += d
-            durations = [d] * fit
-        else:
-            for _ in range(k):
-                if elapsed >= max_ms:
-                    break
-                d = predict(n, active_kv, total_len // n, total_kv) / scale
-                total_len += n
-                durations.append(d)
-                elapsed += d
-        k = len(durations)
-        # The same draws as k passes run one by one (pass-major: every request once per pass), taken
-        # at once and dealt out per request.
+        polynomial = type(self.perf) is PolynomialPerfModel
         rand = self._rng.random
         span = TOKEN_ID_HIGH - TOKEN_ID_LOW
-        draws = [TOKEN_ID_LOW + int(rand() * span) for _ in range(n * k)]
-        for i, req in enumerate(running):
-            req.computed += k
-            req.generated += k
-            req.tokens.extend(draws[i::n])
-        self._pass_id += len(durations)
+        durations: list[float] = []
+        elapsed = 0.0
+        while elapsed < max_ms and len(durations) < max_passes:
+            # Passes until some request needs a block operation (k_block) or emits its last token.
+            k = max_passes - len(durations)
+            k_block = k
+            total_len = 0
+            for req in running:
+                c = req.computed
+                seq = req.seq
+                cap = len(seq.blocks) * bs
+                tail_cap = (seq.num_full + 1) * bs - 1
+                free = (cap if cap < tail_cap else tail_cap) - c
+                left = req.max_tokens - req.generated - 1
+                if free < k_block:
+                    k_block = free
+                if left < k:
+                    k = left
+                total_len += len(req.tokens)
+            if k <= 0:
+                break  # the next pass finishes a request: step() delivers it
+            active_kv = len(active) * bs
+            if k_block > 0:
+                # A run of passes that touch no block: bulk draws, dealt out per request.
+                k = k if k < k_block else k_block
+                start = len(durations)
+                if polynomial:
+                    # The polynomial model reads only the active KV, which none of these passes changes.
+                    d = predict(n, active_kv, total_len // n, total_kv) / scale
+                    while len(durations) - start < k and elapsed < max_ms:
+                        durations.append(d)
+                        elapsed += d
+                else:
+                    while len(durations) - start < k and elapsed < max_ms:
+                        d = predict(n, active_kv, total_len // n, total_kv) / scale
+                        total_len += n
+                        durations.append(d)
+                        elapsed += d
+                ran = len(durations) - start
+                draws = [TOKEN_ID_LOW + int(rand() * span) for _ in range(n * ran)]
+                for i, req in enumerate(running):
+                    req.computed += ran
+                    req.generated += ran
+                    req.tokens.extend(draws[i::n])
+                self._pass_id += ran
+                if blocks_out is not None:
+                    blocks_out.extend([len(active)] * ran)
+                continue
+            # One pass in which some tail block fills (promoted to its hash: a ``stored`` event) or a
+            # new block is needed (possibly evicting a cached one). Stop if the slots could run out:
+            # step() must then pick the preemption victim.
+            grows = 0
+            for req in running:
+                if req.computed + 1 > len(req.seq.blocks) * bs:
+                    grows += 1
+            if len(active) + grows > capacity:
+                break
+            for req in running:
+                target = req.computed + 1
+                seq = req.seq
+                if not (target <= len(seq.blocks) * bs and target // bs <= seq.num_full):
+                    kv.allocate(seq, target)
+                req.computed = target
+            d = predict(n, len(active) * bs, total_len // n, total_kv) / scale
+            durations.append(d)
+            elapsed += d
+            for req in running:
+                req.tokens.append(TOKEN_ID_LOW + int(rand() * span))
+                req.generated += 1
+            self._pass_id += 1
+            if blocks_out is not None:
+                blocks_out.append(len(active))
         return durations
 
     def _schedule(

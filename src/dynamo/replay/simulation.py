@@ -291,9 +291,10 @@ class ReplaySimulation:
         if self.fast_forward:
             horizon = self._horizon()
             if horizon > now:
-                durations = worker.sched.step_decode_span(horizon - now)
+                blocks = [] if worker.fpm is not None else None
+                durations = worker.sched.step_decode_span(horizon - now, blocks_out=blocks)
                 if durations:
-                    self._push(self._record_span(worker, now, durations), _PASS_END, worker.index)
+                    self._push(self._record_span(worker, now, durations, blocks), _PASS_END, worker.index)
                     worker.busy = True
                     worker.pass_result = None
                     return
@@ -317,11 +318,12 @@ class ReplaySimulation:
         worker.pass_result = res
         self._push(now + res.duration_ms, _PASS_END, worker.index)
 
-    def _record_span(self, worker: _Worker, now: float, durations: list[float]) -> float:
+    def _record_span(self, worker: _Worker, now: float, durations: list[float], blocks: list[int] | None) -> float:
         """Book the tokens of a decode span (every running request, one per pass); returns its end.
 
-        Nothing in a span is visible to the router (no KV events, first tokens or frees), so booking
-        it ahead of the clock changes no decision. Pass end times are summed one pass at a time, as
+        Nothing in a span is visible to the router but KV events of its passes, which the mocker
+        publishes at pass start: every pass of a span starts before the horizon, the next moment the
+        router decides anything, so booking the span ahead of the clock changes no decision. Pass end times are summed one pass at a time, as
         the event loop would, so they match the pass-by-pass replay exactly.
         """
         self.num_passes += len(durations)
@@ -349,14 +351,13 @@ class ReplaySimulation:
             rec.last_token_ms = t
             rec.tokens += len(durations)
         fpm = worker.fpm
-        if fpm is not None:
-            # One report per pass as the mocker publishes them (a span's passes add no KV block).
-            blocks = worker.sched.kv.num_active_blocks
+        if fpm is not None and blocks is not None:
+            # One report per pass, as the mocker publishes them.
             scale = self.args.speedup_ratio * self.args.decode_speedup_ratio
             t = now
-            for d in durations:
+            for d, used in zip(durations, blocks, strict=True):
                 t += d
-                report = fpm.add(0, t / 1000.0, num_running=n, num_waiting=0, kv_used_blocks=blocks,
+                report = fpm.add(0, t / 1000.0, num_running=n, num_waiting=0, kv_used_blocks=used,
                                  scheduled_tokens=n, emitted_tokens=n, decode_ms=d * scale)
                 if report is not None:
                     self._observe_fpm(report)
