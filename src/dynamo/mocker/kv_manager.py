@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
 import xxhash
@@ -378,15 +378,15 @@ class KvManager:
         takes suffixes before the shared prefixes they hang off (depth-aware LRU). No events.
         """
         active = self.active
-        inactive = self.inactive
-        for b in reversed(seq.blocks):
-            rc = active[b] - 1
-            if rc:
-                active[b] = rc
-            else:
-                del active[b]
-                if b >= 0:
-                    inactive[b] = None
+        # In C-level bulk steps (a long prompt holds hundreds of blocks): a sequence holds each block
+        # once, so the order-sensitive part is only the inactive pool's insertion order, tail first.
+        rev = seq.blocks[::-1]
+        rcs = list(map(active.__getitem__, rev))
+        last = [b for b, rc in zip(rev, rcs, strict=True) if rc == 1]
+        if len(last) < len(rev):
+            active.update({b: rc - 1 for b, rc in zip(rev, rcs, strict=True) if rc != 1})
+        deque(map(active.__delitem__, last), maxlen=0)
+        self.inactive.update(dict.fromkeys([b for b in last if b >= 0]))
         seq.blocks = []
         seq.num_full = 0
 
