@@ -408,9 +408,6 @@ class Scheduler:
                 or n > args.max_num_batched_tokens or max_ms <= 0.0):
             return []
         bs = args.block_size
-        for req in running:
-            if len(req.tokens) - req.computed != 1 or req.computed < req.prompt_len:
-                return []
         kv = self.kv
         active = kv.active
         capacity = args.num_gpu_blocks
@@ -420,78 +417,92 @@ class Scheduler:
         polynomial = type(self.perf) is PolynomialPerfModel
         rand = self._rng.random
         span = TOKEN_ID_HIGH - TOKEN_ID_LOW
+        # Per request, span pass j computes token ``base[i] + j + 1``; ``op_at[i]`` is the first pass at
+        # which that needs a block operation: its tail block fills (promotion) or a new block.
+        base: list[int] = []
+        op_at: list[int] = []
+        k = max_passes  # passes before some request would emit its last token
+        total_len = 0
+        for req in running:
+            c = req.computed
+            if len(req.tokens) - c != 1 or c < req.prompt_len:
+                return []  # not decoding: step() schedules it
+            base.append(c)
+            seq = req.seq
+            cap = len(seq.blocks) * bs + 1
+            fill = (seq.num_full + 1) * bs
+            op_at.append((cap if cap < fill else fill) - c - 1)
+            left = req.max_tokens - req.generated - 1
+            if left < k:
+                k = left
+            total_len += len(req.tokens)
+        # Tokens are drawn pass-major (every request once per pass, as step() draws them) into
+        # ``draws``; a request's own list is brought up to date only when a block of it is hashed.
+        draws: list[int] = []
+        synced = [0] * n
         durations: list[float] = []
         elapsed = 0.0
-        while elapsed < max_ms and len(durations) < max_passes:
-            # Passes until some request needs a block operation (k_block) or emits its last token.
-            k = max_passes - len(durations)
-            k_block = k
-            total_len = 0
-            for req in running:
-                c = req.computed
-                seq = req.seq
-                cap = len(seq.blocks) * bs
-                tail_cap = (seq.num_full + 1) * bs - 1
-                free = (cap if cap < tail_cap else tail_cap) - c
-                left = req.max_tokens - req.generated - 1
-                if free < k_block:
-                    k_block = free
-                if left < k:
-                    k = left
-                total_len += len(req.tokens)
-            if k <= 0:
-                break  # the next pass finishes a request: step() delivers it
-            active_kv = len(active) * bs
-            if k_block > 0:
-                # A run of passes that touch no block: bulk draws, dealt out per request.
-                k = k if k < k_block else k_block
-                start = len(durations)
+        j = 0
+        while j < k and elapsed < max_ms:
+            nxt = min(op_at)
+            if nxt > j:
+                # Passes that touch no block.
+                end = nxt if nxt < k else k
+                start = j
                 if polynomial:
                     # The polynomial model reads only the active KV, which none of these passes changes.
-                    d = predict(n, active_kv, total_len // n, total_kv) / scale
-                    while len(durations) - start < k and elapsed < max_ms:
+                    d = predict(n, len(active) * bs, total_len // n, total_kv) / scale
+                    while j < end and elapsed < max_ms:
                         durations.append(d)
                         elapsed += d
+                        j += 1
+                    total_len += n * (j - start)
                 else:
-                    while len(durations) - start < k and elapsed < max_ms:
-                        d = predict(n, active_kv, total_len // n, total_kv) / scale
+                    while j < end and elapsed < max_ms:
+                        d = predict(n, len(active) * bs, total_len // n, total_kv) / scale
                         total_len += n
                         durations.append(d)
                         elapsed += d
-                ran = len(durations) - start
-                draws = [TOKEN_ID_LOW + int(rand() * span) for _ in range(n * ran)]
-                for i, req in enumerate(running):
-                    req.computed += ran
-                    req.generated += ran
-                    req.tokens.extend(draws[i::n])
-                self._pass_id += ran
+                        j += 1
+                draws += [TOKEN_ID_LOW + int(rand() * span) for _ in range(n * (j - start))]
                 if blocks_out is not None:
-                    blocks_out.extend([len(active)] * ran)
+                    blocks_out.extend([len(active)] * (j - start))
                 continue
-            # One pass in which some tail block fills (promoted to its hash: a ``stored`` event) or a
-            # new block is needed (possibly evicting a cached one). Stop if the slots could run out:
-            # step() must then pick the preemption victim.
+            # Pass j fills some tail blocks (promoted to their hash: ``stored`` events) or needs new
+            # ones (possibly evicting cached blocks), in running order as step() allocates. Stop if the
+            # slots could run out: step() must then pick the preemption victim.
+            ops = [i for i, o in enumerate(op_at) if o == j]
             grows = 0
-            for req in running:
-                if req.computed + 1 > len(req.seq.blocks) * bs:
+            for i in ops:
+                if base[i] + j + 1 > len(running[i].seq.blocks) * bs:
                     grows += 1
             if len(active) + grows > capacity:
                 break
-            for req in running:
-                target = req.computed + 1
+            for i in ops:
+                req = running[i]
+                if synced[i] < j:
+                    req.tokens.extend(draws[synced[i] * n + i : j * n : n])
+                    synced[i] = j
                 seq = req.seq
-                if not (target <= len(seq.blocks) * bs and target // bs <= seq.num_full):
-                    kv.allocate(seq, target)
-                req.computed = target
+                target = base[i] + j + 1
+                kv.allocate(seq, target)
+                cap = len(seq.blocks) * bs + 1
+                fill = (seq.num_full + 1) * bs
+                op_at[i] = (cap if cap < fill else fill) - base[i] - 1
             d = predict(n, len(active) * bs, total_len // n, total_kv) / scale
+            total_len += n
             durations.append(d)
             elapsed += d
-            for req in running:
-                req.tokens.append(TOKEN_ID_LOW + int(rand() * span))
-                req.generated += 1
-            self._pass_id += 1
+            j += 1
+            draws += [TOKEN_ID_LOW + int(rand() * span) for _ in range(n)]
             if blocks_out is not None:
                 blocks_out.append(len(active))
+        if j:
+            for i, req in enumerate(running):
+                req.tokens.extend(draws[synced[i] * n + i :: n])
+                req.computed = base[i] + j
+                req.generated += j
+            self._pass_id += j
         return durations
 
     def _schedule(
