@@ -25,6 +25,7 @@ import sys
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from itertools import repeat
 
 import xxhash
 
@@ -217,10 +218,14 @@ class KvManager:
         seq.ensure_hashes(full_target, bs)
         hashes = seq.seq_hashes
         if self.bulk_fresh and cur == seq.num_full and full_target > cur:
-            fresh_full = dict.fromkeys(hashes[cur:full_target], 1)
-            if (len(fresh_full) == full_target - cur and active.keys().isdisjoint(fresh_full)
+            # A prompt: a cached prefix run, then (usually) blocks cached nowhere.
+            p = cur
+            while p < full_target and (hashes[p] in active or hashes[p] in inactive):
+                p += 1
+            fresh_full = dict.fromkeys(hashes[p:full_target], 1)
+            if (len(fresh_full) == full_target - p and active.keys().isdisjoint(fresh_full)
                     and inactive.keys().isdisjoint(fresh_full)):
-                return self._allocate_fresh(seq, fresh_full, need, full_target)
+                return self._allocate_fresh(seq, p, fresh_full, need, full_target)
         # Phase 1: count slots, so a failed allocation leaves everything untouched.
         reactivate = 0
         fresh = 0
@@ -338,21 +343,34 @@ class KvManager:
             self._emit(KvStored(parent_hash=hashes[p - 1] if p > 0 else None,
                                 blocks=[StoredBlock(h, seq.local_hashes[p])]))
 
-    def _allocate_fresh(self, seq: KvSequence, fresh_full: dict[int, int], need: int, full_target: int) -> bool:
-        """``allocate`` when none of the new full blocks is cached anywhere and no partial tail waits to
-        be promoted (a new prompt past its cached prefix: the bulk of a trace replay's allocations).
+    def _allocate_fresh(self, seq: KvSequence, p: int, fresh_full: dict[int, int], need: int,
+                        full_target: int) -> bool:
+        """``allocate`` when no partial tail waits to be promoted, the new full blocks up to ``p`` are
+        cached (active or inactive) and none after it is cached anywhere: a new prompt (the bulk of a
+        trace replay's allocations).
 
-        Same outcome as the general path, in C-level bulk steps: evict the least recently freed
-        blocks the new ones need room for, insert the new full blocks, one ``stored`` event for the
-        run, then any private tail block.
+        Same outcome as the general path, in C-level bulk steps: take the cached run (incref, or
+        reactivate from the inactive pool), evict the least recently freed blocks the new ones need
+        room for, insert the new full blocks, one ``stored`` event for the run, then any private tail
+        block.
         """
         active = self.active
         inactive = self.inactive
         blocks = seq.blocks
         cur = len(blocks)
-        n_new = need - cur
-        if len(active) + n_new > self.num_gpu_blocks:
+        run = seq.seq_hashes[cur:p]
+        shared = [h for h in run if h in active]
+        cached = [h for h in run if h not in active] if len(shared) < len(run) else []
+        n_new = need - p
+        if len(active) + len(cached) + n_new > self.num_gpu_blocks:
             return False
+        if shared:
+            active.update({h: active[h] + 1 for h in shared})
+        if cached:
+            deque(map(inactive.__delitem__, cached), maxlen=0)
+            active.update(dict.fromkeys(cached, 1))
+        blocks.extend(run)
+        cur = p
         removed: list[int] = []
         excess = len(active) + len(inactive) + n_new - self.num_gpu_blocks
         if excess > 0:
@@ -386,7 +404,8 @@ class KvManager:
         if len(last) < len(rev):
             active.update({b: rc - 1 for b, rc in zip(rev, rcs, strict=True) if rc != 1})
         deque(map(active.__delitem__, last), maxlen=0)
-        self.inactive.update(dict.fromkeys([b for b in last if b >= 0]))
+        # (OrderedDict.update is a Python-level loop; its C __setitem__ mapped is several times faster)
+        deque(map(self.inactive.__setitem__, [b for b in last if b >= 0], repeat(None)), maxlen=0)
         seq.blocks = []
         seq.num_full = 0
 
