@@ -11,6 +11,11 @@ its last. At equal times pass ends go before arrivals (a request arriving as ano
 the freed load), an idle worker given work starts its pass only after every arrival of that instant
 (simultaneous requests share the first pass), and ties within a kind keep insertion order, so a replay
 is deterministic under its seed. No asyncio, no sockets, no wall clock.
+
+With a planner (:mod:`dynamo.replay.planner`), its steps are events too (after everything else of their
+instant, and bounding decode spans so every forward pass before a step is reported to it): workers it
+adds start serving after ``worker_startup_ms``; workers it removes are drained (the router stops
+sending them requests and drops their blocks at once; they leave when idle).
 """
 
 from __future__ import annotations
