@@ -13,7 +13,8 @@ the freed load), an idle worker given work starts its pass only after every arri
 is deterministic under its seed. No asyncio, no sockets, no wall clock.
 
 With a planner (:mod:`dynamo.replay.planner`), its steps are events too (after everything else of their
-instant, and bounding decode spans so every forward pass before a step is reported to it): workers it
+instant; they bound decode spans, so a step has the forward passes that ended before it, give or take a
+span's last pass, which may end just after): workers it
 adds start serving after ``worker_startup_ms``; workers it removes are drained (the router stops
 sending them requests and drops their blocks at once; they leave when idle).
 """
