@@ -17,6 +17,7 @@ import sys
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,8 @@ class PromptBuilder:
         self.block_size = block_size
         self._aligned = trace_block_size % block_size == 0
         self._memo: dict[tuple[int | None, int], tuple[list[int], list[int]]] = {}
+        step = block_size * 4  # bytes of one engine block (u32 token ids)
+        self._slices = [slice(i, i + step) for i in range(0, (trace_block_size // block_size) * step, step)]
         self._private = 0
 
     def _block_tokens(self, hash_id: int) -> array:
@@ -153,10 +156,9 @@ class PromptBuilder:
             return local, compute_seq_hashes(local, parent)
         tbs = self.trace_block_size
         base = (hash_id * tbs) % (_U32 - tbs)
-        data = np.arange(base, base + tbs, dtype=np.uint32).tobytes()
-        step = self.block_size * 4
+        data = memoryview(np.arange(base, base + tbs, dtype=np.uint32).tobytes())
         xxh3 = _xxh3
-        local = [xxh3(data[i : i + step], XXH3_SEED) for i in range(0, len(data), step)]
+        local = list(map(xxh3, map(data.__getitem__, self._slices), repeat(XXH3_SEED)))
         seq: list[int] = []
         prev = parent
         pack = _pack_pair
