@@ -327,10 +327,11 @@ class ReplaySimulation:
     def _record_span(self, worker: _Worker, now: float, durations: list[float], blocks: list[int] | None) -> float:
         """Book the tokens of a decode span (every running request, one per pass); returns its end.
 
-        Nothing in a span is visible to the router but KV events of its passes, which the mocker
+        Nothing in a span is visible to the router but the KV events of its passes, which the mocker
         publishes at pass start: every pass of a span starts before the horizon, the next moment the
-        router decides anything, so booking the span ahead of the clock changes no decision. Pass end times are summed one pass at a time, as
-        the event loop would, so they match the pass-by-pass replay exactly.
+        router decides anything, so booking the span ahead of the clock changes no decision. Pass end
+        times are summed one pass at a time, as the event loop would, so they match the pass-by-pass
+        replay exactly.
         """
         self.num_passes += len(durations)
         # Pass ends, summed one pass at a time as the event loop would.
