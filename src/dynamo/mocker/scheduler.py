@@ -388,11 +388,13 @@ class Scheduler:
         return result
 
     def step_decode_span(self, max_ms: float, max_passes: int = 1 << 30,
-                         blocks_out: list[int] | None = None) -> list[float]:
+                         blocks_out: list[int] | None = None, finished_out: list[str] | None = None) -> list[float]:
         """Run consecutive pure-decode passes at once; returns their durations (empty if none ran).
 
-        Only while every running request is decoding, nothing waits, no reasoning markers are due and
-        no request emits its last token (that pass goes through :meth:`step`). Passes in which a
+        Only while every running request is decoding, nothing waits and no reasoning markers are due;
+        the pass in which some request emits its last token ends the span (with ``finished_out`` it is
+        included — those requests are freed as :meth:`step` frees them and their ids appended there —
+        otherwise it is left to :meth:`step`). Passes in which a
         request's tail block fills or a new block is needed allocate exactly as :meth:`step` would
         (same order, same KV events), as long as the free slots cannot run out (a pass that could
         preempt goes through :meth:`step`). A pass is included while the span's elapsed time before it
@@ -421,7 +423,7 @@ class Scheduler:
         # which that needs a block operation: its tail block fills (promotion) or a new block.
         base: list[int] = []
         op_at: list[int] = []
-        k = max_passes  # passes before some request would emit its last token
+        k = 1 << 62  # passes before some request would emit its last token
         total_len = 0
         for req in running:
             c = req.computed
@@ -436,6 +438,10 @@ class Scheduler:
             if left < k:
                 k = left
             total_len += len(req.tokens)
+        if finished_out is not None:
+            k += 1  # the finishing pass too
+        if max_passes < k:
+            k = max_passes
         # Tokens are drawn pass-major (every request once per pass, as step() draws them) into
         # ``draws``; a request's own list is brought up to date only when a block of it is hashed.
         draws: list[int] = []
@@ -498,11 +504,25 @@ class Scheduler:
             if blocks_out is not None:
                 blocks_out.append(len(active))
         if j:
+            done: list[_Request] = []
             for i, req in enumerate(running):
                 req.tokens.extend(draws[synced[i] * n + i :: n])
                 req.computed = base[i] + j
                 req.generated += j
+                if req.generated >= req.max_tokens:
+                    done.append(req)
             self._pass_id += j
+            if done and finished_out is not None:
+                # As _emit_tokens finishes them: freed in running order (the last sampled token is
+                # never computed), then dropped from the running list.
+                requests = self._requests
+                for req in done:
+                    kv.free(req.seq)
+                    del requests[req.request_id]
+                    finished_out.append(req.request_id)
+                self._running = [r for r in running if r.generated < r.max_tokens]
+                if blocks_out is not None:
+                    blocks_out[-1] = len(active)  # as step() reports it: after the frees
         return durations
 
     def _schedule(

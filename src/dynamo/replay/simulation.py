@@ -105,6 +105,17 @@ class ReplayResult:
     fleet: FleetTimeline | None = None
 
 
+class _SpanEnd:
+    """The result a decode span leaves for its end: requests that emitted their last token in its last
+    pass (shaped like the ``PassResult`` fields the run loop reads)."""
+
+    __slots__ = ("finished",)
+    rejected = ()
+
+    def __init__(self, finished: list[str]) -> None:
+        self.finished = finished
+
+
 class _Worker:
     __slots__ = ("busy", "fpm", "index", "pass_result", "sched", "state")
 
@@ -297,12 +308,16 @@ class ReplaySimulation:
         if self.fast_forward:
             horizon = self._horizon()
             if horizon > now:
+                sched = worker.sched
+                ids = sched.running_ids()
                 blocks = [] if worker.fpm is not None else None
-                durations = worker.sched.step_decode_span(horizon - now, blocks_out=blocks)
+                finished: list[str] = []
+                durations = sched.step_decode_span(horizon - now, blocks_out=blocks, finished_out=finished)
                 if durations:
-                    self._push(self._record_span(worker, now, durations, blocks), _PASS_END, worker.index)
+                    end = self._record_span(worker, now, durations, blocks, ids, len(finished))
+                    self._push(end, _PASS_END, worker.index)
                     worker.busy = True
-                    worker.pass_result = None
+                    worker.pass_result = _SpanEnd(finished) if finished else None
                     return
         res = worker.sched.step()
         self.num_passes += 1
@@ -324,7 +339,8 @@ class ReplaySimulation:
         worker.pass_result = res
         self._push(now + res.duration_ms, _PASS_END, worker.index)
 
-    def _record_span(self, worker: _Worker, now: float, durations: list[float], blocks: list[int] | None) -> float:
+    def _record_span(self, worker: _Worker, now: float, durations: list[float], blocks: list[int] | None,
+                     ids: list[str], num_finished: int) -> float:
         """Book the tokens of a decode span (every running request, one per pass); returns its end.
 
         Nothing in a span is visible to the router but the KV events of its passes, which the mocker
@@ -338,7 +354,6 @@ class ReplaySimulation:
         first = now + durations[0]
         itl = self.itl
         records = self.records
-        ids = worker.sched.running_ids()
         n = len(ids)
         prev = first
         t = first
@@ -362,10 +377,11 @@ class ReplaySimulation:
             # One report per pass, as the mocker publishes them.
             scale = self.args.speedup_ratio * self.args.decode_speedup_ratio
             t = now
-            for d, used in zip(durations, blocks, strict=True):
+            last = len(durations) - 1
+            for i, (d, used) in enumerate(zip(durations, blocks, strict=True)):
                 t += d
-                report = fpm.add(0, t / 1000.0, num_running=n, num_waiting=0, kv_used_blocks=used,
-                                 scheduled_tokens=n, emitted_tokens=n, decode_ms=d * scale)
+                report = fpm.add(0, t / 1000.0, num_running=n - num_finished if i == last else n, num_waiting=0,
+                                 kv_used_blocks=used, scheduled_tokens=n, emitted_tokens=n, decode_ms=d * scale)
                 if report is not None:
                     self._observe_fpm(report)
         return prev
@@ -375,6 +391,9 @@ class ReplaySimulation:
         worker.pass_result = None
         if res is None:  # the end of a decode span: its tokens are already booked
             self._start_pass(worker, now)
+            return
+        if type(res) is _SpanEnd:  # ... and in its last pass these requests emitted their last token
+            self._complete(worker, res.finished, now)
             return
         records = self.records
         itl = self.itl
@@ -401,7 +420,15 @@ class ReplaySimulation:
                 itl.append(now - rec.last_token_ms)
             rec.last_token_ms = now
             rec.tokens = n + 1
-        for rid in res.finished:
+        self._complete(worker, res.finished, now)
+
+    def _complete(self, worker: _Worker, finished: list[str], now: float) -> None:
+        """A pass of ``worker`` ended at ``now`` with ``finished`` done: tell the router, count them,
+        and start the worker's next pass (or retire a drained worker that went idle)."""
+        records = self.records
+        policy = self.policy
+        counters = self._counters
+        for rid in finished:
             idx = int(rid)
             rec = records[idx]
             rec.status = "completed"
@@ -410,7 +437,7 @@ class ReplaySimulation:
                 counters.completed(rec.input_length, rec.tokens, rec.first_token_ms / 1000.0, now / 1000.0,
                                    (now - rec.arrival_ms) / 1000.0)
             self._on_done(idx, now)
-        if res.finished:
+        if finished:
             self._release_queued(now)
         if worker.sched.is_idle:
             worker.busy = False
