@@ -391,17 +391,16 @@ class Scheduler:
                          blocks_out: list[int] | None = None, finished_out: list[str] | None = None) -> list[float]:
         """Run consecutive pure-decode passes at once; returns their durations (empty if none ran).
 
-        Only while every running request is decoding, nothing waits and no reasoning markers are due;
-        the pass in which some request emits its last token ends the span (with ``finished_out`` it is
-        included — those requests are freed as :meth:`step` frees them and their ids appended there —
-        otherwise it is left to :meth:`step`). Passes in which a
-        request's tail block fills or a new block is needed allocate exactly as :meth:`step` would
-        (same order, same KV events), as long as the free slots cannot run out (a pass that could
-        preempt goes through :meth:`step`). A pass is included while the span's elapsed time before it
-        is below ``max_ms`` (the caller's next outside event). Tokens, RNG draws, KV state and events
-        are exactly those of the same passes run one by one. ``blocks_out`` receives the active block
-        count after each pass. Trace replay uses this to skip the per-pass bookkeeping of long decode
-        stretches.
+        Only while every running request is decoding, nothing waits and no reasoning markers are due.
+        The pass in which some request emits its last token ends the span: with ``finished_out`` it is
+        included (those requests are freed as :meth:`step` frees them and their ids appended there),
+        otherwise it is left to :meth:`step`. Passes in which a request's tail block fills or a new block
+        is needed allocate exactly as :meth:`step` would (same order, same KV events), as long as the
+        free slots cannot run out (a pass that could preempt goes through :meth:`step`). A pass is
+        included while the span's elapsed time before it is below ``max_ms`` (the caller's next outside
+        event). Tokens, RNG draws, KV state and events are exactly those of the same passes run one by
+        one. ``blocks_out`` receives the active block count after each pass. Trace replay uses this to
+        skip the per-pass bookkeeping of long decode stretches.
         """
         args = self.args
         running = self._running
