@@ -42,9 +42,27 @@ def test_trace_replay_prints_the_table_and_writes_the_report(tmp_path: Path) -> 
     (("missing.jsonl",), "cannot read trace missing.jsonl"),
     (("bad.jsonl",), "bad.jsonl: line 1: not JSON"),
     (("--input-tokens", "10", "--output-tokens", "2", "--request-count", "1", "--num-workers", "0"), "--num-workers"),
+    (("--input-tokens", "10", "--output-tokens", "2", "--request-count", "1", "--planner"), "--profile-results-dir"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     res = replay(*args, cwd=tmp_path)
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_planner_in_simulated_time_reports_workers_over_time(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    res = replay("--input-tokens", "2000", "--output-tokens", "200", "--request-count", "400", "--request-rate", "20",
+                 "--router-mode", "round_robin", "--planner", "--no-enable-throughput-scaling",
+                 "--enable-loadbased-scaling", "--ttft", "300", "--itl", "30", "--isl", "2000",
+                 "--report-json", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "SLA Attainment (TTFT <= 300.00 ms, ITL <= 30.00 ms)" in res.stdout
+    assert "workers started" in res.stdout
+    report = json.loads(out.read_text())
+    summary = report["summary"]
+    assert summary["completed_requests"] == 400 and summary["peak_workers"] > 1
+    timeline = report["workers_timeline"]
+    assert timeline[0] == {"time_ms": 0.0, "serving": 1, "starting": 0, "draining": 0}
+    assert max(p["serving"] + p["starting"] + p["draining"] for p in timeline) == summary["peak_workers"]

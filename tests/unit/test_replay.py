@@ -219,6 +219,28 @@ def test_decode_span_matches_single_steps():
     assert [r.tokens for r in a._running] == [r.tokens for r in b._running]
 
 
+def test_decode_span_through_block_fills_and_the_finishing_pass_matches_single_steps():
+    args = MockEngineArgs(seed=3, block_size=16)
+    a, b = Scheduler(args), Scheduler(args)
+    for s in (a, b):
+        s.add_request("x", list(range(40)), 70)  # fills and opens several 16-token blocks
+        s.add_request("y", list(range(500, 530)), 90)
+        s.step()
+    finished: list[str] = []
+    spans = a.step_decode_span(1e9, finished_out=finished)
+    assert len(spans) == 69 and finished == ["x"]  # up to and including x's last token
+    singles = []
+    for _ in spans:
+        res = b.step()
+        singles.append(res.duration_ms)
+    assert spans == singles and res.finished == ["x"]
+    assert a.kv.active == b.kv.active and list(a.kv.inactive) == list(b.kv.inactive)
+    events = a.drain_kv_events()
+    assert len(events) > 4 and events == b.drain_kv_events()  # the filled blocks' stored events, in order
+    assert a.running_ids() == b.running_ids() == ["y"] and "x" not in a
+    assert [r.tokens for r in a._running] == [r.tokens for r in b._running]
+
+
 def test_decode_span_stops_at_the_horizon_and_refuses_prefill():
     s = Scheduler(MockEngineArgs(seed=1))
     s.add_request("x", list(range(10)), 30)
@@ -234,3 +256,20 @@ def test_percentiles_match_numpy_linear_interpolation():
     assert percentile(vals, 90) == pytest.approx(6.8)
     d = describe([2.0, 4.0])
     assert (d["mean"], d["std"], d["min"], d["max"]) == (3.0, 1.0, 2.0, 4.0)
+
+
+@pytest.mark.parametrize("mode", ["round_robin", "kv_router"])
+def test_a_replay_creates_no_reference_cycles(mode):
+    """The CLI runs the replay with the cycle collector off: that must leak nothing."""
+    import gc
+
+    sim = ReplaySimulation(_mixed_workload(), engine_args=MockEngineArgs(num_gpu_blocks=60), num_workers=3,
+                           router_mode=mode, trace_block_size=256, seed=5)
+    gc.collect()
+    gc.disable()
+    try:
+        res = sim.run()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    assert all(r.status == "completed" for r in res.records)

@@ -20,13 +20,23 @@ they go to ``event_sink`` when one is given, otherwise to an outbox drained with
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import struct
+import sys
+from array import array
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from itertools import repeat
 
-from dynamo.kv_router.hashing import compute_block_hashes, compute_seq_hashes
+import xxhash
+
+from dynamo.kv_router.hashing import XXH3_SEED, compute_block_hashes, compute_seq_hashes
 from dynamo.kv_router.protocols import KvCacheEvent, KvRemoved, KvStored, RouterEvent, StoredBlock
 
 EventSink = Callable[[RouterEvent], None]
+
+_xxh3 = xxhash.xxh3_64_intdigest
+_pack_pair = struct.Struct("<QQ").pack
+_LITTLE = sys.byteorder == "little"
 
 
 class KvSequence:
@@ -54,6 +64,14 @@ class KvSequence:
         have = len(self.seq_hashes)
         if num_blocks <= have:
             return
+        if num_blocks == have + 1 and have and _LITTLE:
+            # One block filled by decode (the common case): the two hashes of
+            # compute_block_hashes/compute_seq_hashes without their per-call list work.
+            start = have * block_size
+            h = _xxh3(array("I", self.tokens[start : start + block_size]).tobytes(), XXH3_SEED)
+            self.local_hashes.append(h)
+            self.seq_hashes.append(_xxh3(_pack_pair(self.seq_hashes[-1], h), XXH3_SEED))
+            return
         local = compute_block_hashes(self.tokens[have * block_size : num_blocks * block_size], block_size)
         parent = self.seq_hashes[-1] if have else None
         self.local_hashes.extend(local)
@@ -63,7 +81,8 @@ class KvSequence:
 class KvManager:
     """Active/inactive block pools with prefix caching and KV event emission for one dp rank."""
 
-    #: take the bulk path for allocations of wholly uncached blocks (tests turn it off to compare)
+    #: take the fast paths — bulk allocation of wholly uncached blocks, a decode step's new or filled
+    #: tail block — instead of the general one (tests turn them off to compare)
     bulk_fresh = True
 
     def __init__(
@@ -174,6 +193,15 @@ class KvManager:
         if need < cur:
             need = cur
         active = self.active
+        num_full = seq.num_full
+        if self.bulk_fresh and self.enable_prefix_caching and cur == num_full + (need == cur):
+            # The two allocations of every decode step that crosses a block boundary, without the
+            # general path's loops (same outcome, same events).
+            if need == cur + 1 and full_target == num_full:
+                return self._grow_tail(seq)
+            if need == cur and full_target == cur:
+                self._promote_tail(seq)
+                return True
         if not self.enable_prefix_caching:
             fresh = need - cur
             if len(active) + fresh > self.num_gpu_blocks:
@@ -190,10 +218,14 @@ class KvManager:
         seq.ensure_hashes(full_target, bs)
         hashes = seq.seq_hashes
         if self.bulk_fresh and cur == seq.num_full and full_target > cur:
-            fresh_full = dict.fromkeys(hashes[cur:full_target], 1)
-            if (len(fresh_full) == full_target - cur and active.keys().isdisjoint(fresh_full)
+            # A prompt: a cached prefix run, then (usually) blocks cached nowhere.
+            p = cur
+            while p < full_target and (hashes[p] in active or hashes[p] in inactive):
+                p += 1
+            fresh_full = dict.fromkeys(hashes[p:full_target], 1)
+            if (len(fresh_full) == full_target - p and active.keys().isdisjoint(fresh_full)
                     and inactive.keys().isdisjoint(fresh_full)):
-                return self._allocate_fresh(seq, fresh_full, need, full_target)
+                return self._allocate_fresh(seq, p, fresh_full, need, full_target)
         # Phase 1: count slots, so a failed allocation leaves everything untouched.
         reactivate = 0
         fresh = 0
@@ -270,21 +302,75 @@ class KvManager:
             self._emit_stored(seq, stored_positions)
         return True
 
-    def _allocate_fresh(self, seq: KvSequence, fresh_full: dict[int, int], need: int, full_target: int) -> bool:
-        """``allocate`` when none of the new full blocks is cached anywhere and no partial tail waits to
-        be promoted (a new prompt past its cached prefix: the bulk of a trace replay's allocations).
+    def _grow_tail(self, seq: KvSequence) -> bool:
+        """A new private tail block after the last full one (evicting the least recently freed cached
+        block if the pool is full); False if every slot is active."""
+        active = self.active
+        if len(active) >= self.num_gpu_blocks:
+            return False
+        inactive = self.inactive
+        if len(active) + len(inactive) >= self.num_gpu_blocks:
+            victim, _ = inactive.popitem(last=False)
+            self._emit(KvRemoved([victim]))
+        pid = self._next_private_id
+        self._next_private_id = pid - 1
+        active[pid] = 1
+        seq.blocks.append(pid)
+        return True
 
-        Same outcome as the general path, in C-level bulk steps: evict the least recently freed
-        blocks the new ones need room for, insert the new full blocks, one ``stored`` event for the
-        run, then any private tail block.
+    def _promote_tail(self, seq: KvSequence) -> None:
+        """The partial tail block is now full: it becomes its sequence hash's block (shared if that
+        block is already active or cached; a ``stored`` event if it is new)."""
+        p = seq.num_full
+        seq.ensure_hashes(p + 1, self.block_size)
+        hashes = seq.seq_hashes
+        h = hashes[p]
+        active = self.active
+        del active[seq.blocks[p]]
+        rc = active.get(h)
+        stored = False
+        if rc is not None:
+            active[h] = rc + 1
+        elif h in self.inactive:
+            del self.inactive[h]
+            active[h] = 1
+        else:
+            active[h] = 1
+            stored = True
+        seq.blocks[p] = h
+        seq.num_full = p + 1
+        if stored:
+            self._emit(KvStored(parent_hash=hashes[p - 1] if p > 0 else None,
+                                blocks=[StoredBlock(h, seq.local_hashes[p])]))
+
+    def _allocate_fresh(self, seq: KvSequence, p: int, fresh_full: dict[int, int], need: int,
+                        full_target: int) -> bool:
+        """``allocate`` when no partial tail waits to be promoted, the new full blocks up to ``p`` are
+        cached (active or inactive) and none after it is cached anywhere: a new prompt (the bulk of a
+        trace replay's allocations).
+
+        Same outcome as the general path, in C-level bulk steps: take the cached run (incref, or
+        reactivate from the inactive pool), evict the least recently freed blocks the new ones need
+        room for, insert the new full blocks, one ``stored`` event for the run, then any private tail
+        block.
         """
         active = self.active
         inactive = self.inactive
         blocks = seq.blocks
         cur = len(blocks)
-        n_new = need - cur
-        if len(active) + n_new > self.num_gpu_blocks:
+        run = seq.seq_hashes[cur:p]
+        shared = [h for h in run if h in active]
+        cached = [h for h in run if h not in active] if len(shared) < len(run) else []
+        n_new = need - p
+        if len(active) + len(cached) + n_new > self.num_gpu_blocks:
             return False
+        if shared:
+            active.update({h: active[h] + 1 for h in shared})
+        if cached:
+            deque(map(inactive.__delitem__, cached), maxlen=0)
+            active.update(dict.fromkeys(cached, 1))
+        blocks.extend(run)
+        cur = p
         removed: list[int] = []
         excess = len(active) + len(inactive) + n_new - self.num_gpu_blocks
         if excess > 0:
@@ -310,15 +396,16 @@ class KvManager:
         takes suffixes before the shared prefixes they hang off (depth-aware LRU). No events.
         """
         active = self.active
-        inactive = self.inactive
-        for b in reversed(seq.blocks):
-            rc = active[b] - 1
-            if rc:
-                active[b] = rc
-            else:
-                del active[b]
-                if b >= 0:
-                    inactive[b] = None
+        # In C-level bulk steps (a long prompt holds hundreds of blocks): a sequence holds each block
+        # once, so the order-sensitive part is only the inactive pool's insertion order, tail first.
+        rev = seq.blocks[::-1]
+        rcs = list(map(active.__getitem__, rev))
+        last = [b for b, rc in zip(rev, rcs, strict=True) if rc == 1]
+        if len(last) < len(rev):
+            active.update({b: rc - 1 for b, rc in zip(rev, rcs, strict=True) if rc != 1})
+        deque(map(active.__delitem__, last), maxlen=0)
+        # (OrderedDict.update is a Python-level loop; its C __setitem__ mapped is several times faster)
+        deque(map(self.inactive.__setitem__, [b for b in last if b >= 0], repeat(None)), maxlen=0)
         seq.blocks = []
         seq.num_full = 0
 

@@ -387,15 +387,20 @@ class Scheduler:
         result.active_blocks = kv.num_active_blocks
         return result
 
-    def step_decode_span(self, max_ms: float, max_passes: int = 1 << 30) -> list[float]:
+    def step_decode_span(self, max_ms: float, max_passes: int = 1 << 30,
+                         blocks_out: list[int] | None = None, finished_out: list[str] | None = None) -> list[float]:
         """Run consecutive pure-decode passes at once; returns their durations (empty if none ran).
 
-        Only when every running request is decoding, nothing waits, no reasoning markers are due, and
-        each pass would equal :meth:`step`: no request needs a new KV block or emits its last token
-        within the span (those passes go through :meth:`step`). A pass is included while the span's
-        elapsed time before it is below ``max_ms`` (the caller's next outside event). Tokens and RNG
-        draws are exactly those of the same passes run one by one. Trace replay uses this to skip the
-        per-pass bookkeeping of long decode stretches.
+        Only while every running request is decoding, nothing waits and no reasoning markers are due.
+        The pass in which some request emits its last token ends the span: with ``finished_out`` it is
+        included (those requests are freed as :meth:`step` frees them and their ids appended there),
+        otherwise it is left to :meth:`step`. Passes in which a request's tail block fills or a new block
+        is needed allocate exactly as :meth:`step` would (same order, same KV events), as long as the
+        free slots cannot run out (a pass that could preempt goes through :meth:`step`). A pass is
+        included while the span's elapsed time before it is below ``max_ms`` (the caller's next outside
+        event). Tokens, RNG draws, KV state and events are exactly those of the same passes run one by
+        one. ``blocks_out`` receives the active block count after each pass. Trace replay uses this to
+        skip the per-pass bookkeeping of long decode stretches.
         """
         args = self.args
         running = self._running
@@ -404,60 +409,119 @@ class Scheduler:
                 or n > args.max_num_batched_tokens or max_ms <= 0.0):
             return []
         bs = args.block_size
-        k = max_passes
+        kv = self.kv
+        active = kv.active
+        capacity = args.num_gpu_blocks
+        total_kv = capacity * bs
+        scale = args.speedup_ratio * args.decode_speedup_ratio
+        predict = self.perf.predict_decode_ms
+        polynomial = type(self.perf) is PolynomialPerfModel
+        rand = self._rng.random
+        span = TOKEN_ID_HIGH - TOKEN_ID_LOW
+        # Per request, span pass j computes token ``base[i] + j + 1``; ``op_at[i]`` is the first pass at
+        # which that needs a block operation: its tail block fills (promotion) or a new block.
+        base: list[int] = []
+        op_at: list[int] = []
+        k = 1 << 62  # passes before some request would emit its last token
         total_len = 0
         for req in running:
             c = req.computed
-            tokens = req.tokens
-            if len(tokens) - c != 1 or c < req.prompt_len:
-                return []
+            if len(req.tokens) - c != 1 or c < req.prompt_len:
+                return []  # not decoding: step() schedules it
+            base.append(c)
             seq = req.seq
-            cap = len(seq.blocks) * bs
-            tail_cap = (seq.num_full + 1) * bs - 1
-            free = (cap if cap < tail_cap else tail_cap) - c
+            cap = len(seq.blocks) * bs + 1
+            fill = (seq.num_full + 1) * bs
+            op_at.append((cap if cap < fill else fill) - c - 1)
             left = req.max_tokens - req.generated - 1
-            if free < k:
-                k = free
             if left < k:
                 k = left
-            if k <= 0:
-                return []
-            total_len += len(tokens)
-        active_kv = self.kv.num_active_blocks * bs
-        total_kv = args.num_gpu_blocks * bs
-        scale = args.speedup_ratio * args.decode_speedup_ratio
-        predict = self.perf.predict_decode_ms
-        # How many passes fit before the horizon. The polynomial model's decode time depends on the
-        # active KV only, which no pass of a span changes; others (interpolated) also read the mean
-        # context length, which grows every pass.
+            total_len += len(req.tokens)
+        if finished_out is not None:
+            k += 1  # the finishing pass too
+        if max_passes < k:
+            k = max_passes
+        # Tokens are drawn pass-major (every request once per pass, as step() draws them) into
+        # ``draws``; a request's own list is brought up to date only when a block of it is hashed.
+        draws: list[int] = []
+        synced = [0] * n
         durations: list[float] = []
         elapsed = 0.0
-        if type(self.perf) is PolynomialPerfModel:
-            d = predict(n, active_kv, total_len // n, total_kv) / scale
-            fit = 0
-            while fit < k and elapsed < max_ms:
-                fit += 1
-                elapsed += d
-            durations = [d] * fit
-        else:
-            for _ in range(k):
-                if elapsed >= max_ms:
-                    break
-                d = predict(n, active_kv, total_len // n, total_kv) / scale
-                total_len += n
-                durations.append(d)
-                elapsed += d
-        k = len(durations)
-        # The same draws as k passes run one by one (pass-major: every request once per pass), taken
-        # at once and dealt out per request.
-        rand = self._rng.random
-        span = TOKEN_ID_HIGH - TOKEN_ID_LOW
-        draws = [TOKEN_ID_LOW + int(rand() * span) for _ in range(n * k)]
-        for i, req in enumerate(running):
-            req.computed += k
-            req.generated += k
-            req.tokens.extend(draws[i::n])
-        self._pass_id += len(durations)
+        j = 0
+        while j < k and elapsed < max_ms:
+            nxt = min(op_at)
+            if nxt > j:
+                # Passes that touch no block.
+                end = nxt if nxt < k else k
+                start = j
+                if polynomial:
+                    # The polynomial model reads only the active KV, which none of these passes changes.
+                    d = predict(n, len(active) * bs, total_len // n, total_kv) / scale
+                    while j < end and elapsed < max_ms:
+                        durations.append(d)
+                        elapsed += d
+                        j += 1
+                    total_len += n * (j - start)
+                else:
+                    while j < end and elapsed < max_ms:
+                        d = predict(n, len(active) * bs, total_len // n, total_kv) / scale
+                        total_len += n
+                        durations.append(d)
+                        elapsed += d
+                        j += 1
+                draws += [TOKEN_ID_LOW + int(rand() * span) for _ in range(n * (j - start))]
+                if blocks_out is not None:
+                    blocks_out.extend([len(active)] * (j - start))
+                continue
+            # Pass j fills some tail blocks (promoted to their hash: ``stored`` events) or needs new
+            # ones (possibly evicting cached blocks), in running order as step() allocates. Stop if the
+            # slots could run out: step() must then pick the preemption victim.
+            ops = [i for i, o in enumerate(op_at) if o == j]
+            grows = 0
+            for i in ops:
+                if base[i] + j + 1 > len(running[i].seq.blocks) * bs:
+                    grows += 1
+            if len(active) + grows > capacity:
+                break
+            for i in ops:
+                req = running[i]
+                if synced[i] < j:
+                    req.tokens.extend(draws[synced[i] * n + i : j * n : n])
+                    synced[i] = j
+                seq = req.seq
+                target = base[i] + j + 1
+                kv.allocate(seq, target)
+                cap = len(seq.blocks) * bs + 1
+                fill = (seq.num_full + 1) * bs
+                op_at[i] = (cap if cap < fill else fill) - base[i] - 1
+            d = predict(n, len(active) * bs, total_len // n, total_kv) / scale
+            total_len += n
+            durations.append(d)
+            elapsed += d
+            j += 1
+            draws += [TOKEN_ID_LOW + int(rand() * span) for _ in range(n)]
+            if blocks_out is not None:
+                blocks_out.append(len(active))
+        if j:
+            done: list[_Request] = []
+            for i, req in enumerate(running):
+                req.tokens.extend(draws[synced[i] * n + i :: n])
+                req.computed = base[i] + j
+                req.generated += j
+                if req.generated >= req.max_tokens:
+                    done.append(req)
+            self._pass_id += j
+            if done and finished_out is not None:
+                # As _emit_tokens finishes them: freed in running order (the last sampled token is
+                # never computed), then dropped from the running list.
+                requests = self._requests
+                for req in done:
+                    kv.free(req.seq)
+                    del requests[req.request_id]
+                    finished_out.append(req.request_id)
+                self._running = [r for r in running if r.generated < r.max_tokens]
+                if blocks_out is not None:
+                    blocks_out[-1] = len(active)  # as step() reports it: after the frees
         return durations
 
     def _schedule(

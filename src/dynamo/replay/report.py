@@ -11,6 +11,11 @@ Keys follow the reference replay's report (``mean_ttft_ms``, ``p99_itl_ms``,
   admitted again) / prompt tokens of those admissions; the ``first_admission`` variant counts each
   request once. ``router_predicted_cached_ratio`` = the router's overlap at routing time / prompt tokens;
   ``router_best_available_cached_ratio`` = the largest overlap any worker had then / prompt tokens.
+* ``sla_attainment`` = requests that completed with TTFT <= ``--ttft`` and mean ITL (TPOT) <= ``--itl``
+  (a one-token request meets any ITL) / all requests; ``sla_ttft_attainment`` and ``sla_itl_attainment``
+  count one target each.
+* ``worker_seconds`` = simulated seconds each worker held a GPU (starting, serving or draining), summed;
+  ``peak_workers`` the most at once. Without a planner: ``--num-workers`` × duration.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dynamo.replay.simulation import ReplayResult
+from dynamo.replay.simulation import ReplayResult, RequestRecord
 
 TITLE = "Dynamo-Py replay | LLM Metrics"
 STAT_COLUMNS = ("avg", "min", "max", "p99", "p90", "p75", "std")
@@ -53,7 +58,32 @@ def describe(values: Sequence[float]) -> dict[str, float]:
             "p75": float(p75), "p90": float(p90), "p95": float(p95), "p99": float(p99), "std": float(arr.std())}
 
 
-def summarize(result: ReplayResult, wall_time_ms: float) -> dict[str, Any]:
+def sla(records: Sequence[RequestRecord], ttft_ms: float, itl_ms: float) -> dict[str, float]:
+    """Shares of all requests meeting the TTFT target, the ITL target, and both (see the module doc)."""
+    n = len(records)
+    if not n:
+        return {"sla_attainment": math.nan, "sla_ttft_attainment": math.nan, "sla_itl_attainment": math.nan}
+    ok_ttft = ok_itl = ok = 0
+    for r in records:
+        if r.status != "completed" or r.first_token_ms is None or r.last_token_ms is None:
+            continue
+        t = r.first_token_ms - r.arrival_ms <= ttft_ms
+        i = r.tokens < 2 or (r.last_token_ms - r.first_token_ms) / (r.tokens - 1) <= itl_ms
+        ok_ttft += t
+        ok_itl += i
+        ok += t and i
+    return {"sla_attainment": ok / n, "sla_ttft_attainment": ok_ttft / n, "sla_itl_attainment": ok_itl / n}
+
+
+def fleet_summary(result: ReplayResult) -> dict[str, Any]:
+    if result.fleet is None:
+        return {"worker_seconds": result.num_workers * result.duration_ms / 1000.0,
+                "peak_workers": result.num_workers}
+    return result.fleet.summary(result.duration_ms)
+
+
+def summarize(result: ReplayResult, wall_time_ms: float, *, ttft_ms: float = 500.0,
+              itl_ms: float = 50.0) -> dict[str, Any]:
     recs = result.records
     done = [r for r in recs if r.status == "completed"]
     ttft = [r.first_token_ms - r.arrival_ms for r in done if r.first_token_ms is not None]
@@ -97,6 +127,10 @@ def summarize(result: ReplayResult, wall_time_ms: float) -> dict[str, Any]:
         "num_ttft_samples": len(ttft),
         "num_tpot_samples": len(tpot),
         "num_itl_samples": len(result.itl_ms),
+        "sla_ttft_ms": ttft_ms,
+        "sla_itl_ms": itl_ms,
+        **sla(recs, ttft_ms, itl_ms),
+        **fleet_summary(result),
     }
     for name, values in (("ttft_ms", ttft), ("ttst_ms", ttst), ("tpot_ms", tpot), ("itl_ms", result.itl_ms),
                          ("e2e_latency_ms", e2e), ("output_token_throughput_per_user", per_user)):
@@ -147,10 +181,20 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [TITLE, sep, line(headers), sep, *(line(r) for r in rows), sep]
     lines.append(f"Wall Time (ms): {_fmt(summary.get('wall_time_ms'))}")
     lines.append(f"Simulated Duration (ms): {_fmt(summary.get('duration_ms'))}")
+    lines.append(f"SLA Attainment (TTFT <= {_fmt(summary.get('sla_ttft_ms'))} ms, ITL <= "
+                 f"{_fmt(summary.get('sla_itl_ms'))} ms): {_ratio(summary.get('sla_attainment'))}")
+    lines.append(f"Worker Seconds: {_fmt(summary.get('worker_seconds'))} (peak {_fmt(summary.get('peak_workers'))} "
+                 "workers)")
+    if "scale_up_workers" in summary:
+        lines.append(f"Planner: {summary['scale_up_workers']} workers started, {summary['scale_down_workers']} "
+                     f"drained; {summary['final_serving_workers']} serving at the end")
     for label, key in (("Prefix Cache Reused Ratio", "prefix_cache_reused_ratio"),
                        ("First Admission Prefix Cache Reused Ratio", "first_admission_prefix_cache_reused_ratio"),
                        ("Router Predicted Cached Ratio", "router_predicted_cached_ratio"),
                        ("Best Available Cached Ratio", "router_best_available_cached_ratio")):
-        v = summary.get(key)
-        lines.append(f"{label}: {'N/A' if v is None or math.isnan(v) else f'{v:.4f}'}")
+        lines.append(f"{label}: {_ratio(summary.get(key))}")
     return "\n".join(lines)
+
+
+def _ratio(v: Any) -> str:
+    return "N/A" if v is None or math.isnan(v) else f"{v:.4f}"

@@ -50,17 +50,42 @@ class RoutingPolicy(Protocol):
         """Queued request ids that may be routed now (in release order)."""
         ...
 
+    def add_worker(self, worker: int) -> None:
+        """A new worker is ready for requests (the planner scaled up)."""
+        ...
+
+    def drain_worker(self, worker: int) -> None:
+        """No new requests for ``worker`` (it left discovery); its in-flight ones still report."""
+        ...
+
+    def remove_worker(self, worker: int) -> None:
+        """A drained worker went idle and is gone."""
+        ...
+
 
 class RoundRobinPolicy:
     def __init__(self, num_workers: int) -> None:
-        self.num_workers = num_workers
+        self.workers = list(range(num_workers))
         self._next = 0
 
     def route(self, request_id: str, prompt_len: int, local_hashes: Sequence[int], seq_hashes: Sequence[int],
               now_ms: float) -> RouteDecision | None:
-        w = self._next
-        self._next = (w + 1) % self.num_workers
-        return RouteDecision(w)
+        workers = self.workers
+        i = self._next % len(workers)
+        self._next = i + 1
+        return RouteDecision(workers[i])
+
+    def add_worker(self, worker: int) -> None:
+        self.workers.append(worker)
+
+    def drain_worker(self, worker: int) -> None:
+        i = self.workers.index(worker)
+        del self.workers[i]
+        if i < self._next:
+            self._next -= 1  # the rotation goes on where it was
+
+    def remove_worker(self, worker: int) -> None:
+        pass
 
     def on_event(self, event: RouterEvent) -> None:
         pass
@@ -92,9 +117,12 @@ class KvRoutingPolicy:
         self.candidates = [(w, 0) for w in range(num_workers)]
         for key in self.candidates:
             self.sequences.add_worker(key)
+        self._cap = max_num_batched_tokens
         self._caps = {w: max_num_batched_tokens for w in range(num_workers)}
         self._queue: PendingQueue[str] = PendingQueue()
         self._use_events = cfg.should_subscribe_to_kv_events
+        #: workers drained by the planner: their blocks left the index, their later events are ignored
+        self._gone: set[int] = set()
 
     def _saturated(self) -> bool:
         if self.config.router_queue_threshold is None:
@@ -122,7 +150,7 @@ class KvRoutingPolicy:
         return RouteDecision(sel.worker_id, sel.overlap_blocks, max(overlaps.scores.values(), default=0))
 
     def on_event(self, event: RouterEvent) -> None:
-        if self._use_events:
+        if self._use_events and not (self._gone and event.worker_id in self._gone):
             self.indexer.apply_event(event)
 
     def on_first_token(self, request_id: str) -> None:
@@ -138,6 +166,23 @@ class KvRoutingPolicy:
             # Booking happens when the caller routes it, so re-check saturation one request at a time.
             break
         return out
+
+    def add_worker(self, worker: int) -> None:
+        key = (worker, 0)
+        self.candidates.append(key)
+        self.sequences.add_worker(key)
+        self._caps[worker] = self._cap
+
+    def drain_worker(self, worker: int) -> None:
+        # As a live router does when an instance leaves discovery: no more requests, and its cached
+        # blocks leave the index at once (they can no longer be hit).
+        self.candidates.remove((worker, 0))
+        self._caps.pop(worker, None)
+        self.indexer.remove_worker(worker)
+        self._gone.add(worker)
+
+    def remove_worker(self, worker: int) -> None:
+        self.sequences.remove_worker(worker)
 
     @property
     def num_queued(self) -> int:

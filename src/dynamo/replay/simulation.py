@@ -11,6 +11,12 @@ its last. At equal times pass ends go before arrivals (a request arriving as ano
 the freed load), an idle worker given work starts its pass only after every arrival of that instant
 (simultaneous requests share the first pass), and ties within a kind keep insertion order, so a replay
 is deterministic under its seed. No asyncio, no sockets, no wall clock.
+
+With a planner (:mod:`dynamo.replay.planner`), its steps are events too (after everything else of their
+instant; they bound decode spans, so a step has the forward passes that ended before it, give or take a
+span's last pass, which may end just after): workers it
+adds start serving after ``worker_startup_ms``; workers it removes are drained (the router stops
+sending them requests and drops their blocks at once; they leave when idle).
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import math
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from dynamo.kv_router.config import KvRouterConfig
 from dynamo.kv_router.protocols import RouterEvent
+from dynamo.llm.forward_pass import ForwardPassWindow
 from dynamo.mocker.args import MockEngineArgs
 from dynamo.mocker.perf_model import load_perf_model
 from dynamo.mocker.scheduler import Scheduler
@@ -30,9 +38,26 @@ from dynamo.replay.routing import KvRoutingPolicy, RouteDecision, make_policy
 from dynamo.replay.workload import PromptBuilder, TraceRequest
 from dynamo.runtime.errors import InvalidArgument
 
+if TYPE_CHECKING:
+    # The planner (httpx, prometheus_client, scipy) is imported only by a replay that runs it.
+    from dynamo.planner.args import PlannerConfig
+    from dynamo.planner.core import Planner
+    from dynamo.planner.perf_interpolation import PerfProfile
+    from dynamo.replay.planner import FleetTimeline, FrontendCounters
+
 _PASS_END = 0
 _ARRIVAL = 1
 _WAKE = 2  # an idle worker got work: its pass starts after every arrival of the same instant
+_WORKER_UP = 3  # a worker the planner started has finished starting
+_PLANNER = 4  # a planner step (payload: _THROUGHPUT or _LOAD), after everything else of its instant
+_THROUGHPUT = 0
+_LOAD = 1
+
+# worker states (the planner's scale-up/down)
+_SERVING = 0
+_STARTING = 1
+_DRAINING = 2
+_GONE = 3
 
 
 @dataclass(slots=True)
@@ -74,16 +99,34 @@ class ReplayResult:
     duration_ms: float = 0.0
     num_passes: int = 0
     num_preemptions: int = 0
+    #: workers at the start (the whole run without a planner)
+    num_workers: int = 1
+    #: with a planner: workers over time (None without one)
+    fleet: FleetTimeline | None = None
+
+
+class _SpanEnd:
+    """The result a decode span leaves for its end: requests that emitted their last token in its last
+    pass (shaped like the ``PassResult`` fields the run loop reads)."""
+
+    __slots__ = ("finished",)
+    rejected = ()
+
+    def __init__(self, finished: list[str]) -> None:
+        self.finished = finished
 
 
 class _Worker:
-    __slots__ = ("busy", "index", "pass_result", "sched")
+    __slots__ = ("busy", "fpm", "index", "pass_result", "sched", "state")
 
-    def __init__(self, index: int, sched: Scheduler) -> None:
+    def __init__(self, index: int, sched: Scheduler, state: int = _SERVING) -> None:
         self.index = index
         self.sched = sched
         self.busy = False
         self.pass_result = None
+        self.state = state
+        #: forward-pass reports for the planner's load-based scaler (None without it)
+        self.fpm: ForwardPassWindow | None = None
 
 
 class ReplaySimulation:
@@ -102,6 +145,9 @@ class ReplaySimulation:
         replay_concurrency: int | None = None,
         seed: int = 0,
         fast_forward: bool = True,
+        planner: PlannerConfig | None = None,
+        planner_perf: PerfProfile | None = None,
+        worker_startup_ms: float = 2000.0,
     ) -> None:
         if num_workers < 1:
             raise InvalidArgument("--num-workers must be >= 1")
@@ -118,12 +164,11 @@ class ReplaySimulation:
         self.prompts = PromptBuilder(trace_block_size, args.block_size)
         self.policy = make_policy(router_mode, num_workers, args.block_size, args.max_num_batched_tokens,
                                   router_config, seed)
-        perf = load_perf_model(args.planner_profile_data)
+        self._perf = load_perf_model(args.planner_profile_data)
+        self._seed = seed
         self.workers: list[_Worker] = []
-        for w in range(num_workers):
-            sched = Scheduler(args, worker_id=w, event_sink=self._sink, perf_model=perf,
-                              seed=seed * 1_000_003 + w)
-            self.workers.append(_Worker(w, sched))
+        for _ in range(num_workers):
+            self._new_worker(_SERVING)
         self.records = [RequestRecord(i, 0.0, r.input_length, r.output_length)
                         for i, r in enumerate(self.requests)]
         self._heap: list[tuple[float, int, int, int]] = []
@@ -137,6 +182,22 @@ class ReplaySimulation:
         self._arrived = 0
         #: arrivals are created while replaying (closed loop, multi-turn sessions)
         self._dynamic_arrivals = replay_concurrency is not None
+        self._num_done = 0
+        self.num_workers = num_workers
+        self.planner: Planner | None = None
+        self.fleet: FleetTimeline | None = None
+        self._counters: FrontendCounters | None = None
+        self._next_tick = math.inf
+        if planner is not None:
+            self._setup_planner(planner, planner_perf, worker_startup_ms)
+
+    def _new_worker(self, state: int) -> _Worker:
+        w = len(self.workers)
+        sched = Scheduler(self.args, worker_id=w, event_sink=self._sink, perf_model=self._perf,
+                          seed=self._seed * 1_000_003 + w)
+        worker = _Worker(w, sched, state)
+        self.workers.append(worker)
+        return worker
 
     def _sink(self, event: RouterEvent) -> None:
         self.policy.on_event(event)
@@ -172,6 +233,7 @@ class ReplaySimulation:
         self._arrival_times.sort()
 
     def _on_done(self, index: int, now: float) -> None:
+        self._num_done += 1
         if self.replay_concurrency is not None:
             if self._next_closed < len(self.requests):
                 self._push(now, _ARRIVAL, self._next_closed)
@@ -238,17 +300,24 @@ class ReplaySimulation:
         if self._dynamic_arrivals or self._pending:
             return self._heap[0][0] if self._heap else math.inf
         times = self._arrival_times
-        return times[self._arrived] if self._arrived < len(times) else math.inf
+        nxt = times[self._arrived] if self._arrived < len(times) else math.inf
+        # A planner step reads every worker's forward passes and may drain this one.
+        return nxt if nxt < self._next_tick else self._next_tick
 
     def _start_pass(self, worker: _Worker, now: float) -> None:
         if self.fast_forward:
             horizon = self._horizon()
             if horizon > now:
-                durations = worker.sched.step_decode_span(horizon - now)
+                sched = worker.sched
+                ids = sched.running_ids()
+                blocks = [] if worker.fpm is not None else None
+                finished: list[str] = []
+                durations = sched.step_decode_span(horizon - now, blocks_out=blocks, finished_out=finished)
                 if durations:
-                    self._push(self._record_span(worker, now, durations), _PASS_END, worker.index)
+                    end = self._record_span(worker, now, durations, blocks, ids, len(finished))
+                    self._push(end, _PASS_END, worker.index)
                     worker.busy = True
-                    worker.pass_result = None
+                    worker.pass_result = _SpanEnd(finished) if finished else None
                     return
         res = worker.sched.step()
         self.num_passes += 1
@@ -270,19 +339,21 @@ class ReplaySimulation:
         worker.pass_result = res
         self._push(now + res.duration_ms, _PASS_END, worker.index)
 
-    def _record_span(self, worker: _Worker, now: float, durations: list[float]) -> float:
+    def _record_span(self, worker: _Worker, now: float, durations: list[float], blocks: list[int] | None,
+                     ids: list[str], num_finished: int) -> float:
         """Book the tokens of a decode span (every running request, one per pass); returns its end.
 
-        Nothing in a span is visible to the router (no KV events, first tokens or frees), so booking
-        it ahead of the clock changes no decision. Pass end times are summed one pass at a time, as
-        the event loop would, so they match the pass-by-pass replay exactly.
+        Nothing in a span is visible to the router but the KV events of its passes, which the mocker
+        publishes at pass start: every pass of a span starts before the horizon, the next moment the
+        router decides anything, so booking the span ahead of the clock changes no decision. Pass end
+        times are summed one pass at a time, as the event loop would, so they match the pass-by-pass
+        replay exactly.
         """
         self.num_passes += len(durations)
         # Pass ends, summed one pass at a time as the event loop would.
         first = now + durations[0]
         itl = self.itl
         records = self.records
-        ids = worker.sched.running_ids()
         n = len(ids)
         prev = first
         t = first
@@ -301,7 +372,19 @@ class ReplaySimulation:
                 rec.second_token_ms = first
             rec.last_token_ms = t
             rec.tokens += len(durations)
-        return t
+        fpm = worker.fpm
+        if fpm is not None and blocks is not None:
+            # One report per pass, as the mocker publishes them.
+            scale = self.args.speedup_ratio * self.args.decode_speedup_ratio
+            t = now
+            last = len(durations) - 1
+            for i, (d, used) in enumerate(zip(durations, blocks, strict=True)):
+                t += d
+                report = fpm.add(0, t / 1000.0, num_running=n - num_finished if i == last else n, num_waiting=0,
+                                 kv_used_blocks=used, scheduled_tokens=n, emitted_tokens=n, decode_ms=d * scale)
+                if report is not None:
+                    self._observe_fpm(report)
+        return prev
 
     def _end_pass(self, worker: _Worker, now: float) -> None:
         res = worker.pass_result
@@ -309,43 +392,188 @@ class ReplaySimulation:
         if res is None:  # the end of a decode span: its tokens are already booked
             self._start_pass(worker, now)
             return
+        if type(res) is _SpanEnd:  # ... and in its last pass these requests emitted their last token
+            self._complete(worker, res.finished, now)
+            return
         records = self.records
         itl = self.itl
         policy = self.policy
+        counters = self._counters
+        if worker.fpm is not None:
+            report = worker.fpm.add(0, now / 1000.0, num_running=res.num_running, num_waiting=res.num_waiting,
+                                    kv_used_blocks=res.active_blocks, scheduled_tokens=res.num_scheduled_tokens,
+                                    emitted_tokens=len(res.emitted), prefill_ms=res.prefill_ms,
+                                    decode_ms=res.decode_ms, preempted=len(res.preempted))
+            if report is not None:
+                self._observe_fpm(report)
         for rid, _token in res.emitted:
             rec = records[int(rid)]
             n = rec.tokens
             if n == 0:
                 rec.first_token_ms = now
                 policy.on_first_token(rid)
+                if counters is not None:
+                    counters.first_token((now - rec.arrival_ms) / 1000.0)
             else:
                 if n == 1:
                     rec.second_token_ms = now
                 itl.append(now - rec.last_token_ms)
             rec.last_token_ms = now
             rec.tokens = n + 1
-        for rid in res.finished:
+        self._complete(worker, res.finished, now)
+
+    def _complete(self, worker: _Worker, finished: list[str], now: float) -> None:
+        """A pass of ``worker`` ended at ``now`` with ``finished`` done: tell the router, count them,
+        and start the worker's next pass (or retire a drained worker that went idle)."""
+        records = self.records
+        policy = self.policy
+        counters = self._counters
+        for rid in finished:
             idx = int(rid)
-            records[idx].status = "completed"
+            rec = records[idx]
+            rec.status = "completed"
             policy.on_finished(rid)
+            if counters is not None:
+                counters.completed(rec.input_length, rec.tokens, rec.first_token_ms / 1000.0, now / 1000.0,
+                                   (now - rec.arrival_ms) / 1000.0)
             self._on_done(idx, now)
-        if res.finished:
+        if finished:
             self._release_queued(now)
         if worker.sched.is_idle:
             worker.busy = False
+            if worker.state == _DRAINING:
+                self._retire(worker, now)
         else:
             self._start_pass(worker, now)
+
+    # ------------------------------------------------------------------------------------- planner
+
+    def _setup_planner(self, config: PlannerConfig, perf: PerfProfile | None, startup_ms: float) -> None:
+        if startup_ms < 0:
+            raise InvalidArgument("--worker-startup-delay must be >= 0")
+        if config.min_endpoint < 1:
+            raise InvalidArgument("a replay's planner needs --min-endpoint >= 1 (requests need a worker)")
+        if config.enable_throughput_scaling and perf is None:
+            raise InvalidArgument("throughput scaling needs the profile (--profile-results-dir)")
+        from dynamo.planner.core import Planner
+        from dynamo.replay.planner import FleetTimeline, FrontendCounters, ReplayConnector, ReplayTraffic
+
+        self._startup_ms = startup_ms
+        self._counters = FrontendCounters()
+        self.fleet = FleetTimeline()
+        #: serving and starting workers, oldest first (scale-down drains the newest, as ``local`` does)
+        self._provisioned = [w.index for w in self.workers]
+        self._num_starting = 0
+        self._num_draining = 0
+        connector = ReplayConnector(lambda: len(self._provisioned), self._resize,
+                                    lambda: self._num_starting == 0 and self._num_draining == 0)
+        traffic = ReplayTraffic(self._counters) if config.enable_throughput_scaling else None
+        load_traffic = (ReplayTraffic(self._counters)
+                        if config.enable_loadbased_scaling and not config.no_correction else None)
+        self.planner = Planner(config, connector, traffic, perf if config.enable_throughput_scaling else None,
+                               load_traffic=load_traffic)
+        if config.enable_loadbased_scaling:
+            for w in self.workers:
+                w.fpm = ForwardPassWindow(w.index)
+        self._now = 0.0
+        self._ticks: dict[int, float] = {}
+
+    def _record_fleet(self, now: float) -> None:
+        assert self.fleet is not None
+        self.fleet.record(now, len(self._provisioned) - self._num_starting, self._num_starting, self._num_draining)
+
+    def _serving_ids(self) -> set[int]:
+        return {w for w in self._provisioned if self.workers[w].state == _SERVING}
+
+    def _observe_fpm(self, report: dict[str, Any]) -> None:
+        assert self.planner is not None
+        # Only registered workers' reports count (a draining one has left discovery), as live.
+        if self.workers[report["worker_id"]].state == _SERVING:
+            self.planner.observe_fpm("decode", report)  # agg workers are the planner's decode pool
+
+    def _resize(self, target: int) -> None:
+        """The connector's ``set_component_replicas``: start or drain workers until ``target`` are
+        provisioned (serving or starting)."""
+        now = self._now
+        assert self.fleet is not None and self.planner is not None
+        while len(self._provisioned) < target:
+            worker = self._new_worker(_STARTING)
+            if self.planner.config.enable_loadbased_scaling:
+                worker.fpm = ForwardPassWindow(worker.index)
+            self._provisioned.append(worker.index)
+            self._num_starting += 1
+            self.fleet.scale_ups += 1
+            self._push(now + self._startup_ms, _WORKER_UP, worker.index)
+        while len(self._provisioned) > max(target, 1):
+            worker = self.workers[self._provisioned.pop()]
+            self.fleet.scale_downs += 1
+            if worker.state == _STARTING:
+                self._num_starting -= 1
+                worker.state = _GONE  # never came up: its _WORKER_UP is ignored
+                continue
+            worker.state = _DRAINING
+            self._num_draining += 1
+            self.policy.drain_worker(worker.index)
+            self.planner.forget_workers("decode", self._serving_ids())
+            if worker.sched.is_idle and not worker.busy:
+                self._retire(worker, now)
+        self._record_fleet(now)
+
+    def _worker_up(self, worker: _Worker, now: float) -> None:
+        if worker.state != _STARTING:
+            return
+        worker.state = _SERVING
+        self._num_starting -= 1
+        self.policy.add_worker(worker.index)
+        self._record_fleet(now)
+        if self._pending:
+            self._release_queued(now)
+
+    def _retire(self, worker: _Worker, now: float) -> None:
+        worker.state = _GONE
+        self._num_draining -= 1
+        self.policy.remove_worker(worker.index)
+        self._record_fleet(now)
+
+    def _planner_step(self, which: int, now: float) -> None:
+        from dynamo.replay.planner import run_step
+
+        planner = self.planner
+        assert planner is not None
+        self._now = now
+        c = planner.config
+        if which == _THROUGHPUT:
+            run_step(planner.throughput_step())
+            interval = c.adjustment_interval
+        else:
+            run_step(planner.load_step(now / 1000.0))
+            interval = c.loadbased_adjustment_interval
+        if self._num_done < len(self.requests):
+            self._schedule_tick(which, now + interval * 1000.0)
+
+    def _schedule_tick(self, which: int, t: float) -> None:
+        self._push(t, _PLANNER, which)
+        self._ticks[which] = t
+        # the earliest pending step bounds decode spans (see _horizon)
+        self._next_tick = min(self._ticks.values())
 
     # ------------------------------------------------------------------------------------- run
 
     def run(self, progress: Callable[[int], None] | None = None) -> ReplayResult:
         """Replay every request to completion; ``progress(n)`` is called with each finished count."""
         self._schedule_arrivals()
+        if self.planner is not None:
+            c = self.planner.config
+            self._record_fleet(0.0)
+            if c.enable_throughput_scaling:
+                self._schedule_tick(_THROUGHPUT, c.adjustment_interval * 1000.0)
+            if c.enable_loadbased_scaling:
+                self._schedule_tick(_LOAD, c.loadbased_adjustment_interval * 1000.0)
         heap = self._heap
         pop = heapq.heappop
         workers = self.workers
         done = 0
-        now = 0.0
+        now = end = 0.0
         while heap:
             now, kind, _seq, payload = pop(heap)
             if kind == _WAKE:
@@ -358,7 +586,15 @@ class ReplaySimulation:
                 if progress is not None and before:
                     done += before
                     progress(done)
-            else:
+            elif kind == _ARRIVAL:
                 self._arrive(payload, now)
+            elif kind == _WORKER_UP:
+                self._worker_up(workers[payload], now)
+            else:
+                # A step left over once every request is done neither runs nor ends the replay later.
+                if self._num_done < len(self.requests):
+                    self._planner_step(payload, now)
+                continue
+            end = now
         preemptions = sum(w.sched.num_preemptions for w in workers)
-        return ReplayResult(self.records, self.itl, now, self.num_passes, preemptions)
+        return ReplayResult(self.records, self.itl, end, self.num_passes, preemptions, self.num_workers, self.fleet)
