@@ -149,3 +149,34 @@ async def test_router_queue_deadline_rejects_with_503():
     finally:
         await worker.shutdown(grace_period=0)
         await router_rt.shutdown(grace_period=0)
+
+
+async def test_parked_requests_go_to_a_worker_that_joins_at_once():
+    """A burst parked behind a saturated pool leaves the queue as soon as a new worker registers, all of
+    it that fits (not one request per prefill completion, nor at the waiters' 1-s rechecks)."""
+    router_rt = await DistributedRuntime.create("mem")
+    busy = await start_worker()
+    joined: DistributedRuntime | None = None
+    try:
+        client = await router_rt.endpoint(ENDPOINT).client()
+        await client.wait_for_instances(5)
+        config = KvRouterConfig(router_queue_threshold=1.0, router_queue_timeout_secs=30)
+        # The busy worker batches 10 tokens, so its other replica's 1000-token prefill saturates it; a
+        # newcomer batches 1000, room for every parked 20-token request.
+        router = KvRouter(client, 16, config, runtime_config=lambda wid: RuntimeConfig(
+            max_num_batched_tokens=10 if wid == busy.instance_id else 1000))
+        router.apply_replica_event(ActiveSequenceEvent("busy", busy.instance_id, 0, 99, AddRequest(None, 1000, 0)))
+        parked = [asyncio.get_running_loop().create_task(router.generate(request(i))) for i in range(5)]
+        await async_wait_for(lambda: len(router._queue) == 5, 5, what="five parked requests")
+        joined = await start_worker()
+        t0 = asyncio.get_running_loop().time()
+        routed = await asyncio.wait_for(asyncio.gather(*parked), 5)
+        assert asyncio.get_running_loop().time() - t0 < 0.5  # the waiters' own rechecks come after 1 s
+        assert {wid for wid, _ in routed} == {joined.instance_id}
+        for _, stream in routed:
+            await stream.aclose()
+        await client.close()
+    finally:
+        for rt in (busy, joined, router_rt):
+            if rt is not None:
+                await rt.shutdown(grace_period=0)

@@ -318,6 +318,10 @@ class KvRouter:
         if kind == "added":
             self._live.add(wid)
             self._schedule_recovery(wid, "new worker")
+            # Parked requests can go to the newcomer; the client adds it to its instance set only after
+            # telling its listeners, so look at the queue on the next loop turn.
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing can be parked either
+                asyncio.get_running_loop().call_soon(self._wake_queue)
         if kind == "removed":
             self._live.discard(wid)
             self.indexer.remove_worker(wid)
@@ -499,6 +503,10 @@ class KvRouter:
             if self.approx is not None:
                 self.approx.process_routing_decision(sel.worker_id, sel.dp_rank, local, seq, now=time.monotonic())
             self._publish_load(key)
+            if self._queue:
+                # Released from the queue and now booked: the next parked request may fit too (each wake
+                # releases one, so that none is released on load not yet booked).
+                self._wake_queue()
             m = self.metrics
             m.requests.labels(self.model).inc()
             m.input_tokens.labels(self.model).inc(isl)
