@@ -157,8 +157,7 @@ class Cluster:
                                            start_new_session=True))
 
     def start_frontend(self) -> None:
-        self.spawn("frontend", [sys.executable, "-m", "dynamo.frontend", "--http-host", "127.0.0.1",
-                                "--http-port", str(self.port)])
+        self.spawn("frontend", [sys.executable, "-m", "dynamo.frontend", *frontend_args(self.args, self.port)])
 
     def start_static(self, n: int) -> None:
         for i in range(n):
@@ -178,6 +177,14 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def frontend_args(a: argparse.Namespace, port: int) -> list[str]:
+    """The frontend's command line (after ``-m dynamo.frontend``); the same for every configuration."""
+    out = ["--http-host", "127.0.0.1", "--http-port", str(port), "--router-mode", a.router_mode]
+    if a.router_mode == "kv":
+        out += ["--router-queue-threshold", str(a.router_queue_threshold)]
+    return out
 
 
 def planner_args(a: argparse.Namespace, worker_cmd: list[str], port: int) -> list[str]:
@@ -303,7 +310,8 @@ async def amain(args: argparse.Namespace) -> None:
               flush=True)
     peak_ws = next((r.worker_seconds() for r in runs if r.name == "static-peak"), math.nan)
     summary = {
-        "args": vars(args), "planner_cmd": planner_args(args, ["<worker command>"], 0), "requests": len(reqs), "mean_rps": mean, "peak_rps": peak,
+        "args": vars(args), "planner_cmd": planner_args(args, ["<worker command>"], 0),
+        "frontend_cmd": frontend_args(args, 0), "requests": len(reqs), "mean_rps": mean, "peak_rps": peak,
         "runs": [{"name": r.name, "attainment": r.attainment(args.ttft_ms / 1000, args.itl_ms / 1000),
                   "worker_seconds": r.worker_seconds(), "worker_seconds_vs_peak": r.worker_seconds() / peak_ws,
                   "errors": sum(x.error is not None for x in r.results),
@@ -350,6 +358,12 @@ def main() -> None:
     p.add_argument("--sensitivity", type=float, default=60.0)
     p.add_argument("--max-step-up", type=int, default=3, help="the planner's --loadbased-max-step-up")
     p.add_argument("--down-window", type=float, default=30.0, help="the planner's --loadbased-scale-down-window (s)")
+    p.add_argument("--router-mode", default="round-robin", choices=["round-robin", "random", "power-of-two", "least-loaded", "kv"],
+                   help="the frontend's --router-mode")
+    p.add_argument("--router-queue-threshold", default="4.0",
+                   help="with --router-mode kv: the frontend's --router-queue-threshold (requests wait in the "
+                   "frontend while every worker has more than this x max_num_batched_tokens of prompt work queued; "
+                   "'None' disables)")
     p.add_argument("--only", nargs="*", help="run only these configs (planner, static-peak, static-mean)")
     p.add_argument("--out", default="planner-bench")
     args = p.parse_args()
