@@ -299,6 +299,7 @@ async def amain(args: argparse.Namespace) -> None:
     print(f"{len(reqs)} requests over {span:.0f}s: mean {mean:.1f} req/s, peak {peak:.1f} req/s (5 s buckets); "
           f"static peak = {args.max_workers} workers, static mean = {mean_workers}", flush=True)
     configs = [("planner", None), ("static-peak", args.max_workers), ("static-mean", mean_workers)]
+    configs += [(f"static-{n}", n) for n in args.also_static if n not in (args.max_workers, mean_workers)]
     runs = []
     for name, static in configs:
         if args.only and name not in args.only:
@@ -343,7 +344,7 @@ def main() -> None:
     p.add_argument("--trace", choices=sorted(TRACES), default="code")
     p.add_argument("--window", type=float, default=1200.0, help="trace seconds to replay")
     p.add_argument("--compress", type=float, default=8.0, help="time compression of the trace")
-    p.add_argument("--sample", type=float, default=0.5, help="fraction of the segment's requests sent")
+    p.add_argument("--sample", type=float, default=0.6, help="fraction of the segment's requests sent")
     p.add_argument("--max-isl", type=int, default=1024)
     p.add_argument("--max-osl", type=int, default=64)
     p.add_argument("--ttft-ms", type=float, default=500.0)
@@ -351,19 +352,22 @@ def main() -> None:
     p.add_argument("--max-workers", type=int, default=4, help="static peak provisioning and the planner's cap")
     p.add_argument("--kv-blocks", type=int, default=2048, help="mocker KV blocks of 64 tokens")
     p.add_argument("--max-seqs", type=int, default=256, help="mocker max running sequences")
-    p.add_argument("--speedup", type=float, default=0.5, help="mocker --speedup-ratio (<1: slower engines, so "
-                   "that a load this host can drive needs several)")
+    p.add_argument("--speedup", type=float, default=1.0, help="mocker --speedup-ratio (1: the mocker's own "
+                   "default, real time; below 1 a pass with any prompt work takes longer than the ITL target)")
     p.add_argument("--planner-interval", type=float, default=1.0)
-    p.add_argument("--planner-min", type=int, default=1, help="the planner's --min-endpoint")
+    p.add_argument("--planner-min", type=int, default=2, help="the planner's --min-endpoint")
     p.add_argument("--sensitivity", type=float, default=60.0)
     p.add_argument("--max-step-up", type=int, default=3, help="the planner's --loadbased-max-step-up")
     p.add_argument("--down-window", type=float, default=30.0, help="the planner's --loadbased-scale-down-window (s)")
-    p.add_argument("--router-mode", default="round-robin", choices=["round-robin", "random", "power-of-two", "least-loaded", "kv"],
+    p.add_argument("--router-mode", default="kv", choices=["round-robin", "random", "power-of-two", "least-loaded", "kv"],
                    help="the frontend's --router-mode")
     p.add_argument("--router-queue-threshold", default="4.0",
                    help="with --router-mode kv: the frontend's --router-queue-threshold (requests wait in the "
                    "frontend while every worker has more than this x max_num_batched_tokens of prompt work queued; "
                    "'None' disables)")
+    p.add_argument("--also-static", type=int, nargs="*", default=[2],
+                   help="more static pool sizes to run (named static-N): where between the mean and the peak a "
+                   "fixed pool would already meet the targets")
     p.add_argument("--only", nargs="*", help="run only these configs (planner, static-peak, static-mean)")
     p.add_argument("--out", default="planner-bench")
     args = p.parse_args()
