@@ -119,6 +119,37 @@ def test_scale_down_needs_every_engine():
     assert s.decide(hot, pending=False, engines=3) is Direction.UP  # the known engines suffice to add one
 
 
+def test_an_engine_without_a_model_of_its_own_can_vote_down_with_the_pools_model():
+    """A newcomer that only ever sees one steady, light load never collects min_observations distinct
+    points; estimated with the pool's model it lets the pool shrink, but only when it is calm too."""
+    s = LoadScaler(ttft_target_s=0.5, itl_target_s=0.05, min_observations=5)
+    for p in (0, 512, 1024, 2048):
+        for kv in (10, 200, 400):
+            s.observe(report(1, p, kv))
+    s.observe(report(1, 0, 10))
+    for _ in range(20):  # the same point over and over: one bucket
+        s.observe(report(2, 0, 10))
+    own = s.estimates(avg_isl=100, chunk_tokens=512)
+    assert [e.worker_id for e in own] == [1]
+    borrowed = s.borrowed_estimates(avg_isl=100, chunk_tokens=512)
+    assert [e.worker_id for e in borrowed] == [2]
+    assert borrowed[0].itl_s == pytest.approx(wall(0, 10))
+    assert s.decide(own, pending=False, engines=2) is Direction.HOLD  # the old behaviour: stuck
+    assert s.decide(own, pending=False, engines=2, borrowed=borrowed) is Direction.DOWN
+    # a busy newcomer (long queue) keeps the pool as it is
+    s.observe(report(2, 0, 10, waiting=40))
+    busy = s.borrowed_estimates(avg_isl=1000, chunk_tokens=512)
+    assert s.decide(own, pending=False, engines=2, borrowed=busy) is Direction.HOLD
+    # borrowed estimates never make a scale-up on their own
+    assert s.decide([], pending=False, engines=2, borrowed=busy) is Direction.HOLD
+
+
+def test_no_borrowing_without_a_ready_model():
+    s = LoadScaler(ttft_target_s=0.5, itl_target_s=0.05, min_observations=5)
+    s.observe(report(1, 0, 10))
+    assert s.borrowed_estimates(avg_isl=100, chunk_tokens=512) == []
+
+
 def test_latency_correction():
     c = LatencyCorrection(cap=20)
     engines = est((0.1, 0.01), (0.3, 0.03))  # means 0.2 s, 0.02 s

@@ -184,16 +184,18 @@ class Planner:
         observed = await self._observe_for_load()
         for pool, scaler in self.scalers.items():
             estimates = scaler.estimates(avg_isl=avg_isl, chunk_tokens=c.max_num_batched_tokens)
+            borrowed = scaler.borrowed_estimates(avg_isl=avg_isl, chunk_tokens=c.max_num_batched_tokens)
             if observed is not None and not c.no_correction:
                 corr = self.corrections[pool]
                 corr.update(observed.ttft_s, observed.itl_s, estimates)
                 self.metrics.correction.labels(f"{pool}_load_ttft").set(corr.ttft)
                 self.metrics.correction.labels(f"{pool}_load_itl").set(corr.itl)
                 estimates = [e.scaled(corr.ttft, corr.itl) for e in estimates]
+                borrowed = [e.scaled(corr.ttft, corr.itl) for e in borrowed]
             if estimates:
                 self.metrics.estimated.labels(pool, "ttft").set(max(e.ttft_s for e in estimates))
                 self.metrics.estimated.labels(pool, "itl").set(max(e.itl_s for e in estimates))
-            direction = scaler.decide(estimates, pending=pending, engines=current.get(pool))
+            direction = scaler.decide(estimates, pending=pending, engines=current.get(pool), borrowed=borrowed)
             if not pending:  # a pending change's HOLD says nothing about the load
                 direction = self.down_windows[pool].allow(now, direction)
             logger.debug("load-based %s: %s%s", pool, direction.name, " (pending)" if pending else "")

@@ -191,19 +191,40 @@ class LoadScaler:
             out.append(EngineEstimate(wid // 1024, ttft, itl))
         return out
 
-    def decide(self, estimates: list[EngineEstimate], *, pending: bool, engines: int | None = None) -> Direction:
+    def borrowed_estimates(self, *, avg_isl: float, chunk_tokens: int,
+                           kv_hit_rate: float = 0.0) -> list[EngineEstimate]:
+        """Engines too new for a model of their own, estimated from their latest report with the pool's
+        best-fed model (a pool's engines run the same hardware and settings). Used only to let such an
+        engine vote for scaling down: an engine that only ever saw one steady kind of load never collects
+        ``min_observations`` distinct points, and without its vote the pool could never shrink."""
+        ready = [m for m in self.models.values() if m.ready]
+        if not ready:
+            return []
+        pooled = max(ready, key=len)
+        out = []
+        for wid, report in self.latest.items():
+            if self.models[wid].ready:
+                continue
+            ttft, itl = estimate(pooled, report, avg_isl=avg_isl, chunk_tokens=chunk_tokens, kv_hit_rate=kv_hit_rate)
+            out.append(EngineEstimate(wid // 1024, ttft, itl))
+        return out
+
+    def decide(self, estimates: list[EngineEstimate], *, pending: bool, engines: int | None = None,
+               borrowed: list[EngineEstimate] | None = None) -> Direction:
         """``engines``: how many engines the pool runs. Scaling down needs an estimate from every one of
-        them (an engine too new to have a model might be the busy one); scaling up does not (the engines
-        that can be estimated are enough to say the pool is short)."""
+        them (an engine too new to have a model might be the busy one): its own, or for an engine without
+        a model yet one of ``borrowed`` (:meth:`borrowed_estimates`). Scaling up needs none of the
+        borrowed ones (the engines that can be estimated are enough to say the pool is short)."""
         if pending or not estimates:
             return Direction.HOLD
         if all(e.ttft_s > self.ttft_target_s for e in estimates) or all(e.itl_s > self.itl_target_s
                                                                         for e in estimates):
             return Direction.UP
         low = self.sensitivity / 100.0
-        if engines is not None and len(estimates) < engines:
+        voters = estimates + list(borrowed or ())
+        if engines is not None and len(voters) < engines:
             return Direction.HOLD
-        if all(e.ttft_s < self.ttft_target_s * low and e.itl_s < self.itl_target_s * low for e in estimates):
+        if all(e.ttft_s < self.ttft_target_s * low and e.itl_s < self.itl_target_s * low for e in voters):
             return Direction.DOWN
         return Direction.HOLD
 
