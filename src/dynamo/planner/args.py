@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from typing import Any
 
 from dynamo.common.configuration import (
     ArgGroup,
@@ -126,20 +127,18 @@ class PlannerConfig(RuntimeConfig):
                         raise ConfigError(f"{flag}: {exc}") from exc
 
 
-class PlannerArgGroup(ArgGroup):
+class PlannerDecisionArgGroup(ArgGroup):
+    """The flags of the planner's decisions (targets, predictors, budget, load-based pacing), which a
+    simulated planner (``python -m dynamo.replay --planner``) shares with the live one. The engines' chunk
+    size is left out: a replay takes it from its engine flags."""
+
+    def __init__(self, group: Any = None) -> None:
+        self.group = group  # where the target/predictor flags go (default: a new "planner" group)
+        self.load_group: Any = None
+
     def add_arguments(self, parser: ArgumentContainer) -> None:
         d = PlannerConfig
-        g = parser.add_argument_group("planner")
-        add_argument(g, "--environment", "DYN_PLANNER_ENVIRONMENT", d.environment,
-                     "Where replicas are changed: kubernetes (DGD scaling adapters), virtual (decisions in the "
-                     "discovery store for an external orchestrator) or local (worker processes on this host).",
-                     choices=ENVIRONMENTS)
-        add_argument(g, "--backend", "DYN_PLANNER_BACKEND", d.backend, "Engine of the scaled workers.",
-                     choices=BACKENDS)
-        add_argument(g, "--mode", "DYN_PLANNER_MODE", d.mode, "Pools to scale: disagg (prefill and decode), "
-                     "prefill, decode or agg (one pool doing both).", choices=MODES)
-        _add_flag(g, "--no-operation", "DYN_PLANNER_NO_OPERATION",
-                  "Advisory mode: compute and report decisions, change nothing.")
+        g = self.group if self.group is not None else parser.add_argument_group("planner")
         add_argument(g, "--adjustment-interval", "DYN_PLANNER_ADJUSTMENT_INTERVAL", d.adjustment_interval,
                      "Seconds between throughput-based decisions.", arg_type=float)
         add_argument(g, "--ttft", "DYN_PLANNER_TTFT", d.ttft, "TTFT target (ms).", arg_type=float)
@@ -179,7 +178,7 @@ class PlannerArgGroup(ArgGroup):
                      "prefill.npz + decode.npz.")
         add_negatable_bool_argument(g, "--enable-throughput-scaling", "DYN_PLANNER_ENABLE_THROUGHPUT_SCALING",
                                     d.enable_throughput_scaling, "Scale on predicted load (SLA planner).")
-        lb = parser.add_argument_group("load-based scaling")
+        lb = self.load_group = parser.add_argument_group("load-based scaling")
         add_negatable_bool_argument(lb, "--enable-loadbased-scaling", "DYN_PLANNER_ENABLE_LOADBASED_SCALING",
                                     d.enable_loadbased_scaling,
                                     "Also scale ±1 on engines' forward-pass metrics (event plane).")
@@ -200,6 +199,37 @@ class PlannerArgGroup(ArgGroup):
                      "Width (tokens / KV blocks) of the buckets that dedupe regression points.", arg_type=int)
         add_argument(lb, "--load-min-observations", "DYN_PLANNER_LOAD_MIN_OBSERVATIONS", d.load_min_observations,
                      "Points before an engine's estimate counts.", arg_type=int)
+
+
+#: destinations of :class:`PlannerDecisionArgGroup`'s flags
+DECISION_FIELDS = ("adjustment_interval", "ttft", "itl", "isl", "osl", "load_predictor",
+                   "load_predictor_warmup_trace", "prophet_window_size", "kalman_q_level", "kalman_q_trend",
+                   "kalman_r", "kalman_min_points", "max_gpu_budget", "min_endpoint", "prefill_engine_num_gpu",
+                   "decode_engine_num_gpu", "no_correction", "profile_results_dir", "enable_throughput_scaling",
+                   "enable_loadbased_scaling", "loadbased_adjustment_interval", "loadbased_sensitivity",
+                   "loadbased_max_step_up", "loadbased_scale_down_window", "max_num_fpm_samples",
+                   "fpm_sample_bucket_size", "load_min_observations")
+
+
+class PlannerArgGroup(ArgGroup):
+    """Every flag of ``python -m dynamo.planner``: where it acts, what it decides, what it observes."""
+
+    def add_arguments(self, parser: ArgumentContainer) -> None:
+        d = PlannerConfig
+        g = parser.add_argument_group("planner")
+        add_argument(g, "--environment", "DYN_PLANNER_ENVIRONMENT", d.environment,
+                     "Where replicas are changed: kubernetes (DGD scaling adapters), virtual (decisions in the "
+                     "discovery store for an external orchestrator) or local (worker processes on this host).",
+                     choices=ENVIRONMENTS)
+        add_argument(g, "--backend", "DYN_PLANNER_BACKEND", d.backend, "Engine of the scaled workers.",
+                     choices=BACKENDS)
+        add_argument(g, "--mode", "DYN_PLANNER_MODE", d.mode, "Pools to scale: disagg (prefill and decode), "
+                     "prefill, decode or agg (one pool doing both).", choices=MODES)
+        _add_flag(g, "--no-operation", "DYN_PLANNER_NO_OPERATION",
+                  "Advisory mode: compute and report decisions, change nothing.")
+        decision = PlannerDecisionArgGroup(g)
+        decision.add_arguments(parser)
+        lb = decision.load_group
         add_argument(lb, "--max-num-batched-tokens", "DYN_PLANNER_MAX_NUM_BATCHED_TOKENS", d.max_num_batched_tokens,
                      "Engines' prefill chunk size, for the TTFT estimate.", arg_type=int)
         m = parser.add_argument_group("observation")

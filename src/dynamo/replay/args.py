@@ -14,16 +14,13 @@ from dynamo.common.configuration import (
     ConfigBase,
     add_argument,
     add_negatable_bool_argument,
-    env_or_default,
-    parse_bool,
 )
 from dynamo.common.configuration.arg_group import ArgGroup
 from dynamo.common.configuration.groups.kv_router_args import KvRouterArgGroup, kv_router_config
 from dynamo.common.configuration.utils import ArgumentContainer, nullable_int
 from dynamo.kv_router.config import KvRouterConfig
 from dynamo.mocker.args import MockEngineArgs
-from dynamo.planner.args import PlannerConfig
-from dynamo.planner.predictors import PREDICTORS
+from dynamo.planner.args import DECISION_FIELDS, PlannerConfig, PlannerDecisionArgGroup
 from dynamo.replay.routing import ROUTER_MODE_ALIASES
 from dynamo.runtime.errors import ConfigError
 
@@ -89,61 +86,17 @@ class ReplayArgGroup(ArgGroup):
 
 
 def _add_planner_arguments(parser: ArgumentContainer) -> None:
-    """``python -m dynamo.planner``'s decision flags (same names, env vars and defaults); what only a
-    live planner needs (connectors, Prometheus) is left out, and its chunk size is the engine's."""
-    d = PlannerConfig
+    """The replay's own two planner flags, then ``python -m dynamo.planner``'s decision flags (the same
+    group: names, env vars, defaults); what only a live planner needs (connectors, observation) is left
+    out, and its chunk size is the engine's ``--max-num-batched-tokens``. ``--ttft``/``--itl`` are also
+    the report's SLA."""
     g = parser.add_argument_group("planner in simulated time (as python -m dynamo.planner)")  # type: ignore[attr-defined]
     add_negatable_bool_argument(g, "--planner", "DYN_REPLAY_PLANNER", False,
                                 "Run the planner on the simulated clock: it starts and drains workers "
                                 "(--num-workers is the starting fleet).")
     add_argument(g, "--worker-startup-delay", "DYN_REPLAY_WORKER_STARTUP_DELAY", 2.0,
                  "Simulated seconds from a scale-up decision to the new worker taking requests.", arg_type=float)
-    add_argument(g, "--adjustment-interval", "DYN_PLANNER_ADJUSTMENT_INTERVAL", d.adjustment_interval,
-                 "Seconds between throughput-based decisions.", arg_type=float)
-    add_argument(g, "--ttft", "DYN_PLANNER_TTFT", d.ttft, "TTFT target (ms); also the report's SLA.",
-                 arg_type=float)
-    add_argument(g, "--itl", "DYN_PLANNER_ITL", d.itl, "ITL target (ms); also the report's SLA.", arg_type=float)
-    add_argument(g, "--isl", "DYN_PLANNER_ISL", d.isl, "Assumed ISL before any traffic is observed.",
-                 arg_type=float)
-    add_argument(g, "--osl", "DYN_PLANNER_OSL", d.osl, "Assumed OSL before any traffic is observed.",
-                 arg_type=float)
-    add_argument(g, "--load-predictor", "DYN_PLANNER_LOAD_PREDICTOR", d.load_predictor,
-                 "Forecast of the next interval's load.", choices=PREDICTORS)
-    add_argument(g, "--max-gpu-budget", "DYN_PLANNER_MAX_GPU_BUDGET", d.max_gpu_budget,
-                 "Most workers (GPUs) the planner may run (0: no limit).", arg_type=int)
-    add_argument(g, "--min-endpoint", "DYN_PLANNER_MIN_ENDPOINT", d.min_endpoint, "Fewest workers.",
-                 arg_type=int)
-    add_argument(g, "--decode-engine-num-gpu", "DYN_PLANNER_DECODE_ENGINE_NUM_GPU", d.decode_engine_num_gpu,
-                 "GPUs per worker.", arg_type=int)
-    add_flag = g.add_argument
-    add_flag("--no-correction", action="store_true", default=env_or_default("DYN_PLANNER_NO_CORRECTION", False,
-                                                                          parse_bool),
-             help="Do not correct the profiles / estimates with the observed TTFT/ITL. env var: "
-                  "DYN_PLANNER_NO_CORRECTION | default: false")
-    add_argument(g, "--profile-results-dir", "DYN_PLANNER_PROFILE_RESULTS_DIR", None,
-                 "Profiling results for throughput scaling (as python -m dynamo.planner).")
-    add_negatable_bool_argument(g, "--enable-throughput-scaling", "DYN_PLANNER_ENABLE_THROUGHPUT_SCALING",
-                                d.enable_throughput_scaling, "Scale on predicted load (SLA planner).")
-    add_negatable_bool_argument(g, "--enable-loadbased-scaling", "DYN_PLANNER_ENABLE_LOADBASED_SCALING",
-                                d.enable_loadbased_scaling, "Scale on the workers' forward-pass metrics.")
-    add_argument(g, "--loadbased-adjustment-interval", "DYN_PLANNER_LOADBASED_INTERVAL",
-                 d.loadbased_adjustment_interval, "Seconds between load-based decisions.", arg_type=float)
-    add_argument(g, "--loadbased-sensitivity", "DYN_PLANNER_LOADBASED_SENSITIVITY", d.loadbased_sensitivity,
-                 "Scale down when every worker is under this % of both targets.", arg_type=float)
-    add_argument(g, "--loadbased-max-step-up", "DYN_PLANNER_LOADBASED_MAX_STEP_UP", d.loadbased_max_step_up,
-                 "Most workers one load-based decision adds.", arg_type=int)
-    add_argument(g, "--loadbased-scale-down-window", "DYN_PLANNER_LOADBASED_SCALE_DOWN_WINDOW",
-                 d.loadbased_scale_down_window, "Scale down only after this many seconds of calm.", arg_type=float)
-    add_argument(g, "--load-min-observations", "DYN_PLANNER_LOAD_MIN_OBSERVATIONS", d.load_min_observations,
-                 "Forward-pass points before a worker's estimate counts.", arg_type=int)
-
-
-#: the replay flags that are the planner's own (copied into its PlannerConfig)
-PLANNER_FIELDS = ("adjustment_interval", "ttft", "itl", "isl", "osl", "load_predictor", "max_gpu_budget",
-                  "min_endpoint", "decode_engine_num_gpu", "no_correction", "profile_results_dir",
-                  "enable_throughput_scaling", "enable_loadbased_scaling", "loadbased_adjustment_interval",
-                  "loadbased_sensitivity", "loadbased_max_step_up", "loadbased_scale_down_window",
-                  "load_min_observations")
+    PlannerDecisionArgGroup(g).add_arguments(parser)
 
 
 class ReplayConfig(ConfigBase):
@@ -182,8 +135,15 @@ class ReplayConfig(ConfigBase):
     isl: float = 3000.0
     osl: float = 150.0
     load_predictor: str = "arima"
+    load_predictor_warmup_trace: str | None = None
+    prophet_window_size: int = 50
+    kalman_q_level: float = 1.0
+    kalman_q_trend: float = 0.1
+    kalman_r: float = 10.0
+    kalman_min_points: int = 5
     max_gpu_budget: int = 8
     min_endpoint: int = 1
+    prefill_engine_num_gpu: int = 1
     decode_engine_num_gpu: int = 1
     no_correction: bool = False
     profile_results_dir: str | None = None
@@ -193,6 +153,8 @@ class ReplayConfig(ConfigBase):
     loadbased_sensitivity: float = 80.0
     loadbased_max_step_up: int = 1
     loadbased_scale_down_window: float = 0.0
+    max_num_fpm_samples: int = 64
+    fpm_sample_bucket_size: int = 16
     load_min_observations: int = 5
 
     @property
@@ -225,7 +187,7 @@ class ReplayConfig(ConfigBase):
     def planner_config(self) -> PlannerConfig:
         """The planner's own config: agg mode over the replay's workers, advisory never (it acts on the
         simulated fleet), its prefill chunk the engine's."""
-        values = {k: getattr(self, k) for k in PLANNER_FIELDS}
+        values = {k: getattr(self, k) for k in DECISION_FIELDS}
         # environment: no connector of its own is built (the replay is the connector); only validation
         # reads it. Unset fields take the planner's class defaults.
         return PlannerConfig.from_cli_args(argparse.Namespace(

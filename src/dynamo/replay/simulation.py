@@ -472,6 +472,10 @@ class ReplaySimulation:
                         if config.enable_loadbased_scaling and not config.no_correction else None)
         self.planner = Planner(config, connector, traffic, perf if config.enable_throughput_scaling else None,
                                load_traffic=load_traffic)
+        if config.load_predictor_warmup_trace:
+            from dynamo.planner.warmup import bucket, read_trace
+
+            self.planner.warm_start(bucket(read_trace(config.load_predictor_warmup_trace), config.adjustment_interval))
         if config.enable_loadbased_scaling:
             for w in self.workers:
                 w.fpm = ForwardPassWindow(w.index)
