@@ -75,7 +75,7 @@ class PrefillLoad:
 async def test_planner_adds_a_prefill_worker_under_long_prompts_and_drains_it(monkeypatch):
     dep = new_deployment({"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "30"})
     monkeypatch.setenv("DYN_FILE_KV", dep.env["DYN_FILE_KV"])
-    mocker = f"python -m dynamo.mocker --model-path {QWEN} --speedup-ratio 1 --block-size 16"
+    mocker = f"python -m dynamo.mocker --model-path {QWEN} --block-size 16"
     rt = await DistributedRuntime.create("file")
     prefill = decode = None
     loads: list[PrefillLoad] = []
@@ -83,8 +83,9 @@ async def test_planner_adds_a_prefill_worker_under_long_prompts_and_drains_it(mo
         dep.start_frontend("--router-mode", "kv")
         planner = dep.spawn(
             "planner", "-m", "dynamo.planner", "--environment", "local", "--backend", "mocker", "--mode", "disagg",
-            "--local-prefill-worker-cmd", f"{mocker} --disaggregation-mode prefill --bootstrap-ports 0",
-            "--local-worker-cmd", f"{mocker} --disaggregation-mode decode",
+            "--local-prefill-worker-cmd",
+            f"{mocker} --disaggregation-mode prefill --bootstrap-ports 0 --speedup-ratio 0.5",
+            "--local-worker-cmd", f"{mocker} --disaggregation-mode decode --speedup-ratio 1",
             "--no-enable-throughput-scaling", "--enable-loadbased-scaling", "--loadbased-adjustment-interval", "1",
             "--ttft", "400", "--itl", "50", "--isl", str(ISL), "--max-gpu-budget", "3", "--min-endpoint", "1",
             "--load-predictor", "constant", "--no-correction", "-v")
@@ -107,7 +108,7 @@ async def test_planner_adds_a_prefill_worker_under_long_prompts_and_drains_it(mo
         assert heavy.failed == [], heavy.failed
         assert set(decode.instance_ids()) == decoders  # long prompts, short outputs: the decode pool stays
 
-        light = PrefillLoad(dep.url, 2, seed=2).start()
+        light = PrefillLoad(dep.url, 1, seed=2).start()
         loads.append(light)
         t0 = time.monotonic()
         await async_wait_for(lambda: len(prefill.instance_ids()) == 1, 60, 0.2,

@@ -16,6 +16,7 @@ from dynamo.planner.load_scaler import (
     ScaleDownWindow,
     clamp_step,
     estimate,
+    pool_ceiling,
     sample_from_report,
     up_step,
 )
@@ -71,6 +72,61 @@ def test_estimates_by_hand():
     # a 50% KV hit rate halves the prompt work: 1000 tokens = 1 chunk + 488
     ttft_hit, _ = estimate(m, report(1, 0, 100, waiting=1), avg_isl=1000, chunk_tokens=512, kv_hit_rate=0.5)
     assert ttft_hit == pytest.approx(wall(512, 100) + wall(488, 100))
+
+
+def test_prefill_engine_regresses_on_prompt_tokens_only():
+    """A prefill engine's KV blocks are the prompts it computes and holds: they move with the prompt
+    tokens, so the prefill model ignores them and answers from the tokens alone."""
+    def prefill_wall(tokens: float) -> float:
+        return 0.0165 + 1.5e-5 * tokens
+
+    one_d = PassTimeModel(kind="prefill")
+    for tokens in (1000, 2000, 3000, 4000, 6000, 8000):
+        sample = Sample(tokens, tokens / 16, prefill_wall(tokens))  # KV blocks held = the prompts' blocks
+        one_d.add(sample)
+    assert one_d.predict(8192, 0) == pytest.approx(prefill_wall(8192))
+    assert one_d.predict(8192, 0) == one_d.predict(8192, 5000)
+
+
+def test_saturated_prefill_engine_is_estimated_from_its_one_point():
+    """Every pass a full 8192-token chunk: one distinct point, yet the engine must be estimated (it is the
+    one short of capacity). The one-input model counts reports, and through one point it is proportional."""
+    m, agg = PassTimeModel(kind="prefill", min_observations=5), PassTimeModel(min_observations=5)
+    for i in range(4):
+        m.add(Sample(8192, 500 + 100 * i, 0.17))
+        agg.add(Sample(8192, 500, 0.17))
+    assert not m.ready
+    m.add(Sample(8192, 900, 0.17))
+    agg.add(Sample(8192, 500, 0.17))
+    assert m.ready and not agg.ready
+    assert m.predict(8192, 0) == pytest.approx(0.17)
+    assert m.predict(4096, 0) == pytest.approx(0.085, rel=1e-3)
+
+
+def test_decode_engine_regresses_on_kv_blocks_only():
+    m = PassTimeModel(kind="decode")
+    for kv in (10, 100, 200, 400, 800):
+        m.add(Sample(0, kv, wall(0, kv)))
+    assert m.ready
+    assert m.predict(4096, 300) == pytest.approx(wall(0, 300))  # no prompt work in a decode pass
+
+
+def test_scaler_models_follow_its_kind():
+    s = LoadScaler(ttft_target_s=0.4, itl_target_s=math.inf, kind="prefill", min_observations=1)
+    s.observe(report(1, 512, 10))
+    assert s.models[1024].predict(0, 999) == s.models[1024].predict(0, 0)
+
+
+def test_pool_ceiling_shares_the_gpu_budget_between_pools():
+    gpus = {"prefill": 1, "decode": 2}
+    assert pool_ceiling("prefill", max_gpu_budget=8, gpus_per_engine=gpus, current={"prefill": 3, "decode": 2}) == 4
+    assert pool_ceiling("decode", max_gpu_budget=8, gpus_per_engine=gpus, current={"prefill": 3, "decode": 2}) == 2
+    assert pool_ceiling("decode", max_gpu_budget=0, gpus_per_engine=gpus, current={"prefill": 3, "decode": 2}) == 0
+    # agg: the one pool has the whole budget
+    assert pool_ceiling("decode", max_gpu_budget=3, gpus_per_engine={"prefill": 1, "decode": 1},
+                        current={"decode": 3}) == 3
+    # never below one replica (0 would read as "no limit")
+    assert pool_ceiling("prefill", max_gpu_budget=2, gpus_per_engine=gpus, current={"prefill": 1, "decode": 1}) == 1
 
 
 def est(*pairs: tuple[float, float]) -> list[EngineEstimate]:

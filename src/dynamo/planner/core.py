@@ -30,6 +30,7 @@ from dynamo.planner.load_scaler import (
     LoadScaler,
     ScaleDownWindow,
     clamp_step,
+    pool_ceiling,
     up_step,
 )
 from dynamo.planner.metrics import PlannerMetrics
@@ -107,7 +108,8 @@ class Planner:
         # Per pool, the dimensions that pool answers for: prefill engines for TTFT, decode for ITL, agg both.
         targets = {"prefill": (c.ttft_s, inf), "decode": (c.ttft_s, c.itl_s) if c.mode == "agg" else (inf, c.itl_s)}
         self.scalers = {pool: LoadScaler(targets[pool][0], targets[pool][1], c.loadbased_sensitivity,
-                                         c.max_num_fpm_samples, c.fpm_sample_bucket_size, c.load_min_observations)
+                                         c.max_num_fpm_samples, c.fpm_sample_bucket_size, c.load_min_observations,
+                                         kind="agg" if c.mode == "agg" else pool)
                         for pool in c.pools()}
         self.down_windows = {pool: ScaleDownWindow(c.loadbased_scale_down_window) for pool in c.pools()}
 
@@ -182,6 +184,7 @@ class Planner:
         wanted: dict[str, int] = {}
         out: dict[str, Direction] = {}
         observed = await self._observe_for_load()
+        planned = dict(current)  # pools decided earlier in this step count against the GPU budget as planned
         for pool, scaler in self.scalers.items():
             estimates = scaler.estimates(avg_isl=avg_isl, chunk_tokens=c.max_num_batched_tokens)
             borrowed = scaler.borrowed_estimates(avg_isl=avg_isl, chunk_tokens=c.max_num_batched_tokens)
@@ -205,13 +208,15 @@ class Planner:
             out[pool] = direction
             have = current.get(pool, 0)
             floor = max(c.min_endpoint, self.state.throughput_floor.get(pool, 0))
-            gpus = c.prefill_engine_num_gpu if pool == "prefill" else c.decode_engine_num_gpu
-            ceiling = c.max_gpu_budget // gpus if c.max_gpu_budget > 0 else 0
+            ceiling = pool_ceiling(pool, max_gpu_budget=c.max_gpu_budget, current=planned,
+                                   gpus_per_engine={"prefill": c.prefill_engine_num_gpu,
+                                                    "decode": c.decode_engine_num_gpu})
             step = (up_step(estimates, have, ttft_target_s=scaler.ttft_target_s, itl_target_s=scaler.itl_target_s,
                             max_step=c.loadbased_max_step_up) if direction is Direction.UP else 1)
             target = clamp_step(have, direction, min_replicas=floor, max_replicas=ceiling, step=step)
             if direction is Direction.HOLD and have < floor:
                 target = have + 1  # a throughput floor above us: climb one step at a time too
+            planned[pool] = target
             if target != have:
                 wanted[pool] = target
                 logger.info("load-based: %s %s (%d → %d; worst ttft %.3fs, itl %.4fs over %d engines)",

@@ -5,8 +5,9 @@ Pure: reports arrive as dicts (the ``forward-pass-metrics`` payload of ``llm/for
 is not read. A report covers ``passes`` engine iterations in ``window_s`` wall seconds, so the wall time
 of one pass is ``window_s / passes``; its inputs are the prompt tokens computed per pass
 (``scheduled_tokens - emitted_tokens``: every other scheduled token is a decode step) and the KV blocks
-in use. One linear model per engine, ``wall = a + b·prefill_tokens + c·kv_blocks``, serves all modes:
-ITL is the pass time at today's KV load and today's prompt work per pass (a decode step shares its pass
+in use. One linear model per engine, ``wall = a + b·prefill_tokens + c·kv_blocks`` in an agg engine;
+as the reference, a prefill engine's model sees only the prompt tokens and a decode engine's only the KV
+blocks (:data:`REGRESSORS`). ITL is the pass time at today's KV load and today's prompt work per pass (a decode step shares its pass
 with the prompt chunks scheduled beside it: in an agg engine a burst of prompts slows every running
 stream, and that is the first sign of a burst; a disaggregated decode engine computes no prompts, so
 there it is the pass time at today's KV load), TTFT the time to push the waiting prompts plus one more
@@ -22,6 +23,14 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
+
+
+#: What each kind of engine's pass-time model regresses on (prompt tokens per pass, KV blocks in use).
+#: A prefill engine's KV blocks are the very prompts it is computing (held until handed to decode), so
+#: they move with the prompt tokens: with both inputs the fit splits the pass time between two collinear
+#: columns at random and extrapolates a full chunk at today's (idle) KV to nothing. A decode engine
+#: computes no prompts. Only an agg engine has two independent loads.
+REGRESSORS = {"agg": (True, True), "prefill": (True, False), "decode": (False, True)}
 
 
 class Direction(int, Enum):
@@ -56,17 +65,27 @@ class PassTimeModel:
     the oldest dropped first.
     """
 
-    def __init__(self, max_samples: int = 64, bucket: int = 16, min_observations: int = 5) -> None:
+    def __init__(self, max_samples: int = 64, bucket: int = 16, min_observations: int = 5,
+                 kind: str = "agg") -> None:
+        """``kind``: ``agg``, ``prefill`` or ``decode`` (:data:`REGRESSORS`); an input the kind does not
+        regress on is read as 0, in the samples, their buckets and predictions alike."""
         self.max_samples, self.bucket, self.min_observations = max_samples, max(1, bucket), min_observations
+        self._use_tokens, self._use_kv = REGRESSORS[kind]
+        self._seen = 0  # reports taken, repeats included
         self._samples: OrderedDict[tuple[int, int], Sample] = OrderedDict()
         self._coef: np.ndarray | None = None
 
+    def _inputs(self, prefill_tokens: float, kv_blocks: float) -> tuple[float, float]:
+        return (prefill_tokens if self._use_tokens else 0.0, kv_blocks if self._use_kv else 0.0)
+
     def add(self, s: Sample) -> None:
+        s = Sample(*self._inputs(s.prefill_tokens, s.kv_blocks), s.wall_s)
         key = (int(s.prefill_tokens // self.bucket), int(s.kv_blocks // self.bucket))
         self._samples.pop(key, None)
         self._samples[key] = s
         while len(self._samples) > self.max_samples:
             self._samples.popitem(last=False)
+        self._seen += 1
         self._coef = None
 
     def __len__(self) -> int:
@@ -74,7 +93,14 @@ class PassTimeModel:
 
     @property
     def ready(self) -> bool:
-        return len(self._samples) >= self.min_observations
+        """Enough to estimate from: ``min_observations`` distinct points for the agg model's plane; for
+        the one-input models that many reports, distinct or not. A saturated prefill engine computes a
+        full chunk every pass, one point over and over, and it is exactly the engine that must be
+        estimated; the minimum-norm fit through one point is pass time proportional to the input, which
+        is how a prefill pass grows with its tokens."""
+        if self._use_tokens and self._use_kv:
+            return len(self._samples) >= self.min_observations
+        return self._seen >= self.min_observations and len(self._samples) > 0
 
     def _fit(self) -> np.ndarray:
         if self._coef is None:
@@ -88,6 +114,7 @@ class PassTimeModel:
 
     def predict(self, prefill_tokens: float, kv_blocks: float) -> float:
         a, b, c = self._fit()
+        prefill_tokens, kv_blocks = self._inputs(prefill_tokens, kv_blocks)
         return max(0.0, float(a + b * prefill_tokens + c * kv_blocks))
 
 
@@ -156,6 +183,7 @@ class LoadScaler:
     max_samples: int = 64
     bucket: int = 16
     min_observations: int = 5
+    kind: str = "agg"  # the pool's engines: agg, prefill or decode (what their models regress on)
     models: dict[int, PassTimeModel] = field(default_factory=dict)
     latest: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -169,7 +197,7 @@ class LoadScaler:
         s = sample_from_report(report)
         model = self.models.get(wid)
         if model is None:
-            model = self.models[wid] = PassTimeModel(self.max_samples, self.bucket, self.min_observations)
+            model = self.models[wid] = PassTimeModel(self.max_samples, self.bucket, self.min_observations, self.kind)
         if s is not None:
             model.add(s)
         self.latest[wid] = report
@@ -270,6 +298,16 @@ class ScaleDownWindow:
         if self.last_busy is not None and now - self.last_busy < self.window_s:
             return Direction.HOLD
         return direction
+
+
+def pool_ceiling(pool: str, *, max_gpu_budget: int, gpus_per_engine: dict[str, int], current: dict[str, int]) -> int:
+    """Most replicas ``pool`` may have within ``max_gpu_budget`` with the other pools at their
+    ``current`` replicas (0: no limit). The budget covers all scaled pools together: a prefill pool
+    must not take the GPUs the decode pool runs on."""
+    if max_gpu_budget <= 0:
+        return 0
+    others = sum(n * gpus_per_engine[p] for p, n in current.items() if p != pool)
+    return max(1, (max_gpu_budget - others) // gpus_per_engine[pool])
 
 
 def clamp_step(current: int, direction: Direction, *, min_replicas: int, max_replicas: int, step: int = 1) -> int:
