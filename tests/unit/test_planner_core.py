@@ -117,7 +117,7 @@ def test_warmup_trace_buckets():
 def fpm(worker_id: int, prefill: float, kv: float, waiting: int = 0) -> dict:
     """Ten passes of ``prefill`` prompt tokens + 4 decode tokens at 0.01 + 1e-5·prefill + 1e-4·kv s each."""
     wall = 0.01 + 1e-5 * prefill + 1e-4 * kv
-    return {"worker_id": worker_id, "dp_rank": 0, "passes": 10, "window_s": 10 * wall,
+    return {"worker_id": worker_id, "dp_rank": 0, "passes": 10, "window_s": 9 * wall,
             "scheduled_tokens": int(10 * (prefill + 4)), "emitted_tokens": 40, "kv_used_blocks": kv,
             "num_waiting": waiting, "num_running": 4}
 

@@ -30,7 +30,8 @@ def wall(prefill: float, kv: float) -> float:
 
 def report(worker_id: int, prefill: float, kv: float, passes: int = 10, waiting: int = 0) -> dict:
     # 10 passes, each `prefill` prompt tokens plus 4 decode tokens
-    return {"worker_id": worker_id, "dp_rank": 0, "passes": passes, "window_s": passes * wall(prefill, kv),
+    # the window runs from the end of the first pass to the end of the last: passes - 1 whole passes
+    return {"worker_id": worker_id, "dp_rank": 0, "passes": passes, "window_s": (passes - 1) * wall(prefill, kv),
             "scheduled_tokens": int(passes * (prefill + 4)), "emitted_tokens": passes * 4,
             "kv_used_blocks": kv, "num_waiting": waiting, "num_running": 4}
 
@@ -39,6 +40,10 @@ def test_sample_from_report():
     s = sample_from_report(report(1, 256, 100))
     assert s == Sample(256, 100, pytest.approx(wall(256, 100)))
     assert sample_from_report({"passes": 0, "window_s": 0.1}) is None
+    # one pass alone times nothing (its window closes as it opens); two passes time one whole pass
+    assert sample_from_report({"passes": 1, "window_s": 0.0, "scheduled_tokens": 3000, "emitted_tokens": 1}) is None
+    two = sample_from_report({"passes": 2, "window_s": 0.17, "scheduled_tokens": 16384, "emitted_tokens": 2})
+    assert two is not None and two.wall_s == pytest.approx(0.17) and two.prefill_tokens == pytest.approx(8191)
 
 
 def test_regression_recovers_a_linear_pass_time():

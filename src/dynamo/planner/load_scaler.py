@@ -2,8 +2,11 @@
 estimate of every engine's TTFT and ITL now, and a ±1 step when all engines agree.
 
 Pure: reports arrive as dicts (the ``forward-pass-metrics`` payload of ``llm/forward_pass.py``), time
-is not read. A report covers ``passes`` engine iterations in ``window_s`` wall seconds, so the wall time
-of one pass is ``window_s / passes``; its inputs are the prompt tokens computed per pass
+is not read. A report counts ``passes`` engine iterations, and its ``window_s`` runs from the end of the
+first of them to the end of the last (a window opens when a pass is accounted, which is when it ends),
+so it spans ``passes - 1`` whole passes: the wall time of one pass is ``window_s / (passes - 1)``
+(dividing by ``passes`` halved the pass time of an engine whose passes outlast the 100 ms window, a
+saturated prefill engine's). Its inputs are the prompt tokens computed per pass
 (``scheduled_tokens - emitted_tokens``: every other scheduled token is a decode step) and the KV blocks
 in use. One linear model per engine, ``wall = a + b·prefill_tokens + c·kv_blocks`` in an agg engine;
 as the reference, a prefill engine's model sees only the prompt tokens and a decode engine's only the KV
@@ -23,7 +26,6 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-
 
 #: What each kind of engine's pass-time model regresses on (prompt tokens per pass, KV blocks in use).
 #: A prefill engine's KV blocks are the very prompts it is computing (held until handed to decode), so
@@ -47,13 +49,14 @@ class Sample:
 
 
 def sample_from_report(report: dict[str, Any]) -> Sample | None:
-    """One regression point from a forward-pass report; None for an empty window."""
+    """One regression point from a forward-pass report; None for a window that timed no whole pass (one
+    pass alone, the usual report of an engine that went idle after it)."""
     passes = int(report.get("passes") or 0)
     window = float(report.get("window_s") or 0.0)
-    if passes <= 0 or window <= 0:
+    if passes < 2 or window <= 0:
         return None
     prompt = max(0, int(report.get("scheduled_tokens", 0)) - int(report.get("emitted_tokens", 0)))
-    return Sample(prompt / passes, float(report.get("kv_used_blocks", 0)), window / passes)
+    return Sample(prompt / passes, float(report.get("kv_used_blocks", 0)), window / (passes - 1))
 
 
 class PassTimeModel:
