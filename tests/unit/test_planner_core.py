@@ -156,3 +156,40 @@ async def test_load_step_adds_several_and_waits_out_the_scale_down_window(store)
     planner.forget_workers("decode", {1, 2})
     assert await planner.load_step(now=11.5) == {"decode": Direction.DOWN}  # still calm: the next step at once
     assert (await conn.current_replicas())["decode"] == 1
+
+
+def prefill_fpm(worker_id: int, tokens: float, waiting: int = 0) -> dict:
+    """Two prefill passes of ``tokens`` prompt tokens (one timed: the window spans passes - 1) at
+    16.5 ms + 15 µs per token, holding the prompts' KV blocks."""
+    return {"worker_id": worker_id, "dp_rank": 0, "passes": 2, "window_s": 0.0165 + 1.5e-5 * tokens,
+            "scheduled_tokens": int(2 * tokens), "emitted_tokens": 2, "kv_used_blocks": int(tokens / 8),
+            "num_waiting": waiting, "num_running": 1}
+
+
+async def test_disagg_load_step_scales_the_prefill_pool_within_the_shared_budget(store):
+    conn = VirtualConnector(store, "ns")
+    await conn.start()
+    ops = VirtualConnectorClient(store, "ns")
+    c = parse_config(["--environment", "virtual", "--mode", "disagg", "--no-enable-throughput-scaling",
+                      "--enable-loadbased-scaling", "--max-gpu-budget", "3", "--ttft", "400", "--itl", "50",
+                      "--isl", "100"])
+    c.validate()
+    observed = IntervalStats(num_requests=40, isl=3000, osl=4, ttft_s=math.nan, itl_s=math.nan, request_duration_s=1)
+    planner = Planner(c, conn, None, None, load_traffic=FixedTraffic(observed, observed))
+    await conn.set_component_replicas([TargetReplica("prefill", 1), TargetReplica("decode", 1)])
+    await ops.complete(await ops.get())
+    for tokens in (1000, 2000, 3000, 4000, 6000):
+        planner.observe_fpm("prefill", prefill_fpm(1, tokens))
+    # Ten prompts queued: with the frontend's 3000-token prompts (not --isl's 100) that is 33000 tokens,
+    # four full 8192-token chunks and a bit, ~0.6 s: over the 0.4 s target.
+    planner.observe_fpm("prefill", prefill_fpm(1, 8192, waiting=10))
+    for kv in (10, 50, 100, 200, 400):
+        planner.observe_fpm("decode", {"worker_id": 2, "dp_rank": 0, "passes": 10, "window_s": 9 * (0.005 + 1e-5 * kv),
+                                       "scheduled_tokens": 10, "emitted_tokens": 10, "kv_used_blocks": kv,
+                                       "num_waiting": 0, "num_running": 1})
+    assert await planner.load_step(now=0.0) == {"prefill": Direction.UP, "decode": Direction.DOWN}
+    assert await conn.current_replicas() == {"prefill": 2, "decode": 1}  # the decode pool at its minimum
+    await ops.complete(await ops.get())
+    # Still short, but a third prefill engine and the decode engine would be 4 GPUs of the budget's 3.
+    assert (await planner.load_step(now=1.0))["prefill"] is Direction.UP
+    assert await conn.current_replicas() == {"prefill": 2, "decode": 1}

@@ -179,11 +179,13 @@ class Planner:
         now = time.monotonic() if now is None else now
         pending = not await self.connector.is_ready()
         current = await self.connector.current_replicas()
+        observed = await self._observe_for_load()
+        # The prompt length a new request brings (the TTFT estimate's work): the frontend's average over
+        # this step, else over the last throughput interval, else --isl.
         stats = self.state.last_stats
-        avg_isl = _finite(stats.isl if stats else math.nan, c.isl)
+        avg_isl = _finite(observed.isl if observed else math.nan, _finite(stats.isl if stats else math.nan, c.isl))
         wanted: dict[str, int] = {}
         out: dict[str, Direction] = {}
-        observed = await self._observe_for_load()
         planned = dict(current)  # pools decided earlier in this step count against the GPU budget as planned
         for pool, scaler in self.scalers.items():
             estimates = scaler.estimates(avg_isl=avg_isl, chunk_tokens=c.max_num_batched_tokens)
