@@ -84,7 +84,8 @@ async def follow_fpm(planner: Planner, runtime: DistributedRuntime, config: Plan
             report = sub.decode(envelope)
             if isinstance(report, dict):
                 planner.observe_fpm(pool, report, set(client.instance_ids()))
-        logger.error("forward-pass metrics of the %s pool ended: load-based scaling is blind to it", pool)
+        if not runtime.is_shutting_down():  # at shutdown the event plane closes first: nothing to report
+            logger.error("forward-pass metrics of the %s pool ended: load-based scaling is blind to it", pool)
     except Exception:
         logger.exception("forward-pass metrics of the %s pool failed: load-based scaling is blind to it", pool)
         raise
