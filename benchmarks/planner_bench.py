@@ -357,7 +357,7 @@ def main() -> None:
     p.add_argument("--planner-interval", type=float, default=1.0)
     p.add_argument("--planner-min", type=int, default=2, help="the planner's --min-endpoint")
     p.add_argument("--sensitivity", type=float, default=60.0)
-    p.add_argument("--max-step-up", type=int, default=3, help="the planner's --loadbased-max-step-up")
+    p.add_argument("--max-step-up", type=int, default=1, help="the planner's --loadbased-max-step-up (1: the reference's ±1 per interval)")
     p.add_argument("--down-window", type=float, default=60.0, help="the planner's --loadbased-scale-down-window (s)")
     p.add_argument("--router-mode", default="kv", choices=["round-robin", "random", "power-of-two", "least-loaded", "kv"],
                    help="the frontend's --router-mode")
